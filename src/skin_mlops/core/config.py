@@ -1,0 +1,129 @@
+"""One typed settings object for the whole platform.
+
+Values come from, in order of precedence: real environment variables, then the
+versioned ``.env`` file in the working directory (dev values), then the defaults below.
+The Docker stack overrides a few of them (``STORAGE_BACKEND=s3``, ``S3_ENDPOINT_URL``,
+``MLFLOW_TRACKING_URI``) in ``docker-compose.yml``.
+
+Use :func:`get_settings` everywhere; it turns a validation error into one
+:class:`~skin_mlops.core.errors.ConfigError` line that names the bad key.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from skin_mlops.core.errors import ConfigError
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Platform settings. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- storage -------------------------------------------------------------------
+    storage_backend: Literal["local", "s3"] = "local"
+    local_object_root: Path = Path("data/objects")
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    minio_root_user: str | None = None
+    minio_root_password: SecretStr | None = None
+    s3_processed_bucket: str = "skin-processed"
+    s3_models_bucket: str = "models-registry"
+    s3_max_attempts: int = Field(default=5, ge=1, le=20)
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    # --- data ----------------------------------------------------------------------
+    dataset_config: Path = Path("configs/dataset_config.yaml")
+    dataset_cache_dir: Path = Path(".cache/dataset")
+    feature_cache_dir: Path = Path(".cache/features")
+    weights_cache_dir: Path = Path(".cache/weights")
+
+    # --- tracking / registry -------------------------------------------------------
+    mlflow_tracking_uri: str = "sqlite:///data/mlflow/mlflow.db"
+    mlflow_artifact_root: Path = Path("data/mlflow/artifacts")
+    mlflow_experiment: str = "skin-classifier"
+    registered_model_name: str = "skin-classifier"
+
+    # --- model export / serving ----------------------------------------------------
+    model_dir: Path = Path("runs/skin5-current")
+    model_source: str = "runs/skin5-current"
+    api_host: str = "127.0.0.1"
+    api_base_url: str = "http://localhost:8000"
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0)
+    model_poll_seconds: float = Field(default=5.0, ge=0)
+    admin_token: SecretStr | None = None
+    uncertainty_threshold: float = Field(default=0.5, ge=0, le=1)
+
+    # --- service ports ---------------------------------------------------------------
+    api_port: Port = 8000
+    webapp_port: Port = 8501
+    mlflow_port: Port = 5000
+    minio_port: Port = 9000
+    minio_console_port: Port = 9001
+    airflow_port: Port = 8080
+    prometheus_port: Port = 9090
+    grafana_port: Port = 3000
+
+    # --- service credentials (Docker stack) ----------------------------------------
+    airflow_admin_user: str = "admin"
+    airflow_admin_password: SecretStr = SecretStr("admin")
+    grafana_admin_user: str = "admin"
+    grafana_admin_password: SecretStr = SecretStr("admin")
+    mlflow_db_user: str = "mlflow"
+    mlflow_db_password: SecretStr = SecretStr("mlflow")
+    mlflow_db_name: str = "mlflow"
+    airflow_db_user: str = "airflow"
+    airflow_db_password: SecretStr = SecretStr("airflow")
+    airflow_db_name: str = "airflow"
+
+    @model_validator(mode="after")
+    def _s3_needs_credentials(self) -> Settings:
+        if self.storage_backend == "s3":
+            for key in ("s3_endpoint_url", "minio_root_user", "minio_root_password"):
+                if not getattr(self, key):
+                    raise ValueError(
+                        f"{key.upper()} is required when STORAGE_BACKEND=s3"
+                    )
+        return self
+
+
+def _one_line(error: ValidationError) -> str:
+    """Render a pydantic validation error as one line naming the offending key(s)."""
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item.get("loc", ())).upper()
+        msg = item.get("msg", "invalid value").removeprefix("Value error, ")
+        value = item.get("input")
+        shown = f" (got {value!r})" if key and not isinstance(value, dict) else ""
+        parts.append(f"{key}: {msg}{shown}" if key else msg)
+    return "Invalid setting " + "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build a fresh :class:`Settings`, raising :class:`ConfigError` with one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached). Tests call ``get_settings.cache_clear()``."""
+    return load_settings()

@@ -1,0 +1,95 @@
+"""The dataset config YAML (``configs/dataset_config.yaml`` by default).
+
+It names the dataset, where each split's ``<label>/`` folders live, the label order
+(which fixes every model's class index), the SQLite metadata DB and the bucket/prefix
+under which ingested images are stored. Unknown keys are an error, not a silent typo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from skin_mlops.core.errors import ConfigError
+
+
+class StorageSection(BaseModel):
+    """Where ingested objects go: ``<bucket>/<prefix>/<split>/<label>/<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = "skin-processed"
+    prefix: str = "skin"
+
+
+class DatasetConfig(BaseModel):
+    """A validated dataset config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1)
+    splits: dict[str, Path] = Field(min_length=1)
+    labels: list[str] = Field(min_length=2)
+    metadata_db: Path = Path("data/metadata/skin_metadata.db")
+    storage: StorageSection = StorageSection()
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"labels listed twice: {', '.join(dupes)}")
+        return labels
+
+    @property
+    def label_to_index(self) -> dict[str, int]:
+        """``{label: class index}`` in config order."""
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def split_root(self, split: str) -> Path:
+        """The folder holding ``<label>/`` subfolders for ``split``."""
+        try:
+            return self.splits[split]
+        except KeyError:
+            raise ConfigError(
+                f"split {split!r} is not in the dataset config "
+                f"(known: {', '.join(self.splits)})"
+            ) from None
+
+    def unknown_label_folders(self, split: str) -> list[str]:
+        """Sub-folders of a split root that are not configured labels (reported, skipped)."""
+        root = self.split_root(split)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in self.labels)
+
+    def missing_label_folders(self, split: str) -> list[str]:
+        """Configured labels that have no folder under the split root."""
+        root = self.split_root(split)
+        return [label for label in self.labels if not (root / label).is_dir()]
+
+
+def load_dataset_config(path: Path | str) -> DatasetConfig:
+    """Read and validate a dataset config YAML; any problem is one :class:`ConfigError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"dataset config not found: {path} (pass --config <yaml>)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"dataset config {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"dataset config {path} must be a mapping of keys")
+    try:
+        config = DatasetConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{loc}: {msg}")
+        raise ConfigError(f"dataset config {path}: " + "; ".join(problems)) from None
+    return config.model_copy(update={"source": path})
