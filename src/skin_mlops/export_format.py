@@ -1,0 +1,137 @@
+"""The exported-model folder: ``runs/skin5-current/``, written by training, read by serving.
+
+Layout (stable; see ``docs/architecture.md``)::
+
+    data/class_index.json      {"0": "acne", "1": "actinic_keratosis", ...}
+    inference/signature.json   ModelSignature below
+    model/model.keras          the Keras model (backbone + head), outputs logits
+    model/model.onnx           the same graph via tf2onnx (served by ONNX Runtime)
+
+``runs/skin5-current`` is a *symlink* to ``runs/skin5/<model_version>/``. A new export is
+written to a fresh version folder, checked, then the link is swapped with one atomic
+``os.replace``: a reader never sees a half-written model. Readers call
+:func:`resolve_export_dir` once and read every file from the resolved folder.
+
+Pure stdlib + pydantic: importable by the API image (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from skin_mlops.core.errors import DataError
+
+FORMAT_VERSION = 1
+CLASS_INDEX_FILE = Path("data/class_index.json")
+SIGNATURE_FILE = Path("inference/signature.json")
+KERAS_MODEL_FILE = Path("model/model.keras")
+ONNX_MODEL_FILE = Path("model/model.onnx")
+REQUIRED_FILES = (CLASS_INDEX_FILE, SIGNATURE_FILE, ONNX_MODEL_FILE)
+
+
+class TensorSpec(BaseModel):
+    """Name, dtype and shape of a model input or output."""
+
+    name: str
+    dtype: str = "float32"
+    shape: list[int | None]
+
+
+class ModelSignature(BaseModel):
+    """``inference/signature.json``: everything a server needs besides the weights."""
+
+    format_version: int = FORMAT_VERSION
+    model_version: str
+    run_id: str | None = None
+    backbone: str
+    backbone_weights_sha256: str | None = None
+    image_size: int = Field(gt=0)
+    preprocessing_id: str
+    labels: list[str] = Field(min_length=2)
+    temperature: float = Field(default=1.0, gt=0)
+    input: TensorSpec
+    output: TensorSpec
+    input_color: str = "RGB"
+    input_range: tuple[float, float] = (0.0, 255.0)
+    output_kind: str = "logits"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+def class_index(labels: list[str]) -> dict[str, str]:
+    """``{"0": label0, ...}``, the content of ``data/class_index.json``."""
+    return {str(i): label for i, label in enumerate(labels)}
+
+
+def write_metadata(folder: Path, signature: ModelSignature) -> None:
+    """Write ``class_index.json`` and ``signature.json`` into an export folder."""
+    (folder / CLASS_INDEX_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (folder / SIGNATURE_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (folder / CLASS_INDEX_FILE).write_text(
+        json.dumps(class_index(signature.labels), indent=2), encoding="utf-8"
+    )
+    (folder / SIGNATURE_FILE).write_text(signature.model_dump_json(indent=2), encoding="utf-8")
+
+
+def read_signature(folder: Path) -> ModelSignature:
+    """Read and validate an export folder's metadata (signature + class index agree)."""
+    missing = [str(p) for p in REQUIRED_FILES if not (folder / p).is_file()]
+    if missing:
+        raise DataError(f"model export {folder} is incomplete: missing {', '.join(missing)}")
+    try:
+        signature = ModelSignature.model_validate_json((folder / SIGNATURE_FILE).read_bytes())
+        index = json.loads((folder / CLASS_INDEX_FILE).read_text(encoding="utf-8"))
+    except (ValidationError, ValueError) as exc:
+        raise DataError(f"model export {folder} has invalid metadata: {exc}") from None
+    if index != class_index(signature.labels):
+        raise DataError(f"model export {folder}: class_index.json disagrees with signature labels")
+    return signature
+
+
+def resolve_export_dir(path: Path) -> Path:
+    """Resolve ``runs/skin5-current`` (a link) to the concrete version folder, once."""
+    resolved = path.resolve()
+    if not resolved.is_dir():
+        raise DataError(f"no exported model at {path} (run `skin-mlops train` first)")
+    return resolved
+
+
+def new_version_dir(current_link: Path, model_version: str) -> Path:
+    """A fresh, empty staging folder beside the versions: ``runs/skin5/.<version>.tmp-*``."""
+    versions_root = current_link.parent / "skin5"
+    versions_root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{model_version}.tmp-", dir=versions_root))
+
+
+def publish(staging_dir: Path, current_link: Path, model_version: str) -> Path:
+    """Validate a fully written staging folder, then atomically point ``current_link`` at it.
+
+    Steps: check the metadata; rename the staging folder to ``runs/skin5/<version>``; create
+    a temporary symlink and ``os.replace`` it over ``current_link`` (atomic on POSIX). A
+    plain directory left at ``current_link`` by an older layout is moved aside first.
+
+    Returns:
+        Path: the final version folder.
+    """
+    read_signature(staging_dir)
+    final_dir = staging_dir.parent / model_version
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(staging_dir, final_dir)
+    current_link.parent.mkdir(parents=True, exist_ok=True)
+    if current_link.exists() and not current_link.is_symlink():
+        os.replace(current_link, current_link.with_name(current_link.name + ".old-dir"))
+    tmp_link = current_link.with_name(f".{current_link.name}.tmp-{os.getpid()}")
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    target = os.path.relpath(final_dir, current_link.parent)
+    tmp_link.symlink_to(target, target_is_directory=True)
+    os.replace(tmp_link, current_link)
+    return final_dir
