@@ -1,0 +1,1 @@
+"""Model building and training (Keras/TensorFlow). Submodules import Keras lazily."""

