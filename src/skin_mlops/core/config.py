@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     model_poll_seconds: float = Field(default=5.0, ge=0)
     admin_token: SecretStr | None = None
     uncertainty_threshold: float = Field(default=0.5, ge=0, le=1)
+    max_batch_files: int = Field(default=16, ge=1, le=256)
+    max_batch_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    preprocess_workers: int = Field(default=2, ge=1, le=64)
+    ort_intra_op_threads: int = Field(default=2, ge=0, le=256)
+    model_cache_dir: Path = Path(".cache/models")
 
     # --- service ports ---------------------------------------------------------------
     api_port: Port = 8000
