@@ -32,6 +32,7 @@ PREPROCESSING_ID = f"pil-exif-rgb-shortside-bilinear-centercrop-v{PREPROCESSING_
 DEFAULT_IMAGE_SIZE = 224
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG"})
 DEFAULT_MAX_PIXELS = 40_000_000
+_MAX_RESIZED_AREA_FACTOR = 16  # resized image > 16 crops: aspect ratio > 16:1
 
 # We do our own bomb check before decoding; disable Pillow's global warning/limit so the
 # check is ours and explicit (Pillow's default would raise only *after* parsing anyway).
@@ -140,8 +141,15 @@ def resize_center_crop(img: Image.Image, size: int = DEFAULT_IMAGE_SIZE) -> Imag
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    resized = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
     left, top = (new_w - size) // 2, (new_h - size) // 2
+    if new_w * new_h > _MAX_RESIZED_AREA_FACTOR * size * size:
+        # Extreme aspect ratio (e.g. a 1x20000 strip would be upscaled to 224x4.5M pixels):
+        # resample only the source box that lands in the crop. Same geometry, bounded memory
+        # (may differ by 1/255 from the full resize, so it is kept for such images only).
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
+    resized = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
     return resized.crop((left, top, left + size, top + size))
 
 
