@@ -79,8 +79,14 @@ def load_dataset_config(path: Path | str) -> DatasetConfig:
         raise ConfigError(f"dataset config not found: {path} (pass --config <yaml>)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"dataset config {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"dataset config {path} is not valid YAML: {exc}") from None
+        # PyYAML's str(exc) spans several lines; keep the one-line contract.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"dataset config {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"dataset config {path} must be a mapping of keys")
     try:
@@ -90,6 +96,7 @@ def load_dataset_config(path: Path | str) -> DatasetConfig:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = msg.removeprefix("Value error, ")
             problems.append(f"{loc}: {msg}")
         raise ConfigError(f"dataset config {path}: " + "; ".join(problems)) from None
     return config.model_copy(update={"source": path})
