@@ -1,0 +1,348 @@
+"""The served model: load an export, validate it, warm it up, and hot-swap it.
+
+A model comes from a :class:`ModelSource`: the export folder ``runs/skin5-current`` (a
+symlink that training swaps atomically) or an MLflow registry reference
+``models:/skin-classifier@champion`` (see :mod:`skin_mlops.api.registry`). The source is
+asked for a cheap *key* (which version is current?) every ``MODEL_POLL_SECONDS`` and on
+``POST /admin/reload``; when the key changes the candidate is:
+
+1. read (``signature.json`` + ``class_index.json`` must agree, the preprocessing id must be
+   the one this server runs, the output must be logits);
+2. opened in an ONNX Runtime session (options tuned for a small CPU box) and checked:
+   input/output names and shapes as the signature says;
+3. warmed up: a batch of 1 and a batch of ``MAX_BATCH_SIZE`` run, outputs finite, and a
+   row's result does not depend on its batch;
+
+all off to the side, in a worker thread. Only then the reference
+:attr:`ModelRuntime.current` is replaced (one assignment: atomic). Requests hold the
+:class:`LoadedModel` they started with, so in-flight requests finish on the old session.
+A candidate that fails any step is *refused*: logged, counted
+(``api_model_reloads_total{result="refused"}``, ``api_model_reload_failing`` = 1), shown
+in ``GET /model``, and the old model keeps serving. A refused key is not retried until the
+source changes again (or an admin forces a reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from skin_mlops import export_format
+from skin_mlops.core.config import Settings
+from skin_mlops.core.errors import SkinMlopsError
+from skin_mlops.preprocessing import PREPROCESSING_ID
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from skin_mlops.api.metrics import ApiMetrics
+
+log = logging.getLogger("skin_mlops.api.model")
+
+_BATCH_INDEPENDENCE_ATOL = 1e-4
+
+
+class ModelRefusedError(SkinMlopsError):
+    """A candidate model failed validation or warm-up; the old model keeps serving."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An ONNX Runtime session ready to serve, with the signature it was exported with.
+
+    Attributes:
+        signature (ModelSignature): the export's ``signature.json``.
+        session (onnxruntime.InferenceSession): the warmed-up session.
+        source_key (str): which version of the source this is (folder or registry version).
+        loaded_at (float): UNIX time the model started serving.
+        warmup_ms (float): time spent validating + warming up.
+    """
+
+    signature: export_format.ModelSignature
+    session: ort.InferenceSession
+    source_key: str
+    loaded_at: float
+    warmup_ms: float
+
+    @property
+    def version(self) -> str:
+        """The model version (``signature.model_version``)."""
+        return self.signature.model_version
+
+    @property
+    def labels(self) -> list[str]:
+        """Class labels in output order."""
+        return self.signature.labels
+
+    @property
+    def image_size(self) -> int:
+        """Side ``S`` of the square model input."""
+        return self.signature.image_size
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run the session on ``float32[N, S, S, 3]``; returns ``float32[N, n_labels]``."""
+        (out,) = self.session.run([self.signature.output.name], {self.signature.input.name: batch})
+        return np.asarray(out)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: ``softmax(logits / temperature)`` (float64, rows sum 1)."""
+        scaled = np.asarray(logits, dtype=np.float64) / self.signature.temperature
+        scaled -= scaled.max(axis=-1, keepdims=True)
+        exp = np.exp(scaled)
+        return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """ONNX Runtime options for a small CPU box shared with the image decoding threads.
+
+    Sequential execution with ``intra_op_threads`` threads per operator, one inter-op
+    thread, full graph optimisation, and no spin-waiting (spinning threads would steal the
+    cores the decode/preprocess pool needs between batches).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _check_spec(kind: str, expected: export_format.TensorSpec, actual: ort.NodeArg) -> None:
+    """Refuse a model whose ONNX tensor disagrees with the signature's spec."""
+    if actual.name != expected.name:
+        raise ModelRefusedError(
+            f"ONNX {kind} is named {actual.name!r}, signature.json says {expected.name!r}"
+        )
+    if actual.type != "tensor(float)":
+        raise ModelRefusedError(f"ONNX {kind} has type {actual.type}, expected tensor(float)")
+    shape = list(actual.shape)
+    if len(shape) != len(expected.shape):
+        raise ModelRefusedError(
+            f"ONNX {kind} has shape {shape}, signature.json says {expected.shape}"
+        )
+    for got, want in zip(shape[1:], expected.shape[1:], strict=True):
+        if isinstance(got, int) and want is not None and got != want:
+            raise ModelRefusedError(
+                f"ONNX {kind} has shape {shape}, signature.json says {expected.shape}"
+            )
+
+
+def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel:
+    """Load, validate and warm up the export in ``folder`` (blocking; run it in a thread).
+
+    Raises:
+        ModelRefusedError: anything wrong with the candidate, as one line.
+    """
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    try:
+        signature = export_format.read_signature(folder)
+    except SkinMlopsError as exc:
+        raise ModelRefusedError(str(exc)) from None
+    if signature.preprocessing_id != PREPROCESSING_ID:
+        raise ModelRefusedError(
+            f"model {signature.model_version} was trained with preprocessing "
+            f"{signature.preprocessing_id!r}, this server runs {PREPROCESSING_ID!r}"
+        )
+    if signature.output_kind != "logits":
+        raise ModelRefusedError(f"model output kind is {signature.output_kind!r}, expected logits")
+    size = signature.image_size
+    if signature.input.shape[1:] not in ([size, size, 3], [None, None, 3]):
+        raise ModelRefusedError(
+            f"signature input shape {signature.input.shape} is not [N, {size}, {size}, 3]"
+        )
+    try:
+        session = ort.InferenceSession(
+            str(folder / export_format.ONNX_MODEL_FILE),
+            sess_options=session_options(settings.ort_intra_op_threads),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ModelRefusedError(f"ONNX Runtime cannot load {folder.name}: {exc}") from None
+    if len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
+        raise ModelRefusedError("the ONNX model must have exactly one input and one output")
+    _check_spec("input", signature.input, session.get_inputs()[0])
+    _check_spec("output", signature.output, session.get_outputs()[0])
+
+    model = LoadedModel(signature, session, source_key, loaded_at=0.0, warmup_ms=0.0)
+    _warm_up(model, settings.max_batch_size)
+    warmup_ms = (time.perf_counter() - started) * 1000
+    return LoadedModel(signature, session, source_key, time.time(), warmup_ms)
+
+
+def _warm_up(model: LoadedModel, max_batch_size: int) -> None:
+    """Run the shapes the batcher will use and check the outputs are sane."""
+    n_labels = len(model.labels)
+    size = model.image_size
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(0, 255, (max(2, max_batch_size), size, size, 3)).astype(np.float32)
+    try:
+        single = model.logits(batch[:1])
+        full = model.logits(batch)
+    except Exception as exc:  # an ORT runtime failure on a real-shaped input
+        raise ModelRefusedError(f"model {model.version} fails on a warm-up batch: {exc}") from None
+    for out, n in ((single, 1), (full, len(batch))):
+        if out.shape != (n, n_labels):
+            raise ModelRefusedError(
+                f"model {model.version} outputs shape {out.shape} for {n} images, "
+                f"expected ({n}, {n_labels}) (one logit per label)"
+            )
+        if not np.all(np.isfinite(out)):
+            raise ModelRefusedError(f"model {model.version} outputs non-finite logits")
+    if not np.allclose(single[0], full[0], atol=_BATCH_INDEPENDENCE_ATOL, rtol=1e-4):
+        raise ModelRefusedError(
+            f"model {model.version} gives a different result for an image depending on its batch"
+        )
+
+
+class ModelSource(Protocol):
+    """Where models come from: a folder link or a registry alias."""
+
+    description: str
+
+    def current_key(self) -> str:
+        """A cheap identity of the current version (changes when a new one is published)."""
+        ...
+
+    def materialize(self, key: str) -> Path:
+        """A local export folder for ``key`` (downloaded first if needed)."""
+        ...
+
+
+class FolderSource:
+    """``runs/skin5-current``: a symlink swapped atomically to ``runs/skin5/<version>/``.
+
+    The key is the resolved folder plus the identity (inode, mtime) of its
+    ``signature.json``, so republishing the same version name is noticed too.
+    """
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.description = str(link)
+
+    def current_key(self) -> str:
+        folder = export_format.resolve_export_dir(self.link)
+        try:
+            stat = (folder / export_format.SIGNATURE_FILE).stat()
+        except OSError:
+            return f"{folder}|no-signature"
+        return f"{folder}|{stat.st_ino}|{stat.st_mtime_ns}"
+
+    def materialize(self, key: str) -> Path:
+        return Path(key.split("|", 1)[0])
+
+
+def make_source(settings: Settings) -> ModelSource:
+    """The source named by ``MODEL_SOURCE``: ``models:/...`` (MLflow) or a folder path."""
+    if settings.model_source.startswith("models:/"):
+        from skin_mlops.api.registry import RegistrySource
+
+        return RegistrySource(
+            settings.model_source, settings.mlflow_tracking_uri, settings.model_cache_dir
+        )
+    return FolderSource(Path(settings.model_source))
+
+
+@dataclass
+class ReloadOutcome:
+    """What a reload attempt did."""
+
+    reloaded: bool
+    model_version: str | None
+    previous_version: str | None
+    detail: str
+
+
+@dataclass
+class ModelRuntime:
+    """Holds the served :class:`LoadedModel` and replaces it when the source changes.
+
+    Attributes:
+        current: the model serving new requests (``None`` until the first load succeeds).
+        last_error: why the newest candidate was refused (``None`` when it serves).
+    """
+
+    settings: Settings
+    source: ModelSource
+    metrics: ApiMetrics
+    on_swap: Callable[[LoadedModel], None] | None = None
+    current: LoadedModel | None = None
+    last_error: str | None = None
+    _refused_key: str | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def reload(self, *, force: bool = False) -> ReloadOutcome:
+        """Load the source's current version if it is new (or ``force``), then swap.
+
+        Never raises for a bad candidate: the outcome says what happened.
+        """
+        async with self._lock:
+            previous = self.current.version if self.current else None
+            try:
+                key = await asyncio.to_thread(self.source.current_key)
+            except Exception as exc:  # unreachable registry, missing folder...
+                return self._refuse(
+                    None, f"cannot locate a model at {self.source.description}: {exc}", previous
+                )
+            if not force and self.current is not None and key == self.current.source_key:
+                return ReloadOutcome(False, previous, previous, "already serving the current model")
+            if not force and key == self._refused_key:
+                return ReloadOutcome(False, previous, previous, f"still refused: {self.last_error}")
+            try:
+                folder = await asyncio.to_thread(self.source.materialize, key)
+                candidate = await asyncio.to_thread(load_model, folder, key, self.settings)
+            except Exception as exc:  # ModelRefusedError, download errors, anything unexpected
+                detail = (
+                    str(exc) if isinstance(exc, SkinMlopsError) else f"{type(exc).__name__}: {exc}"
+                )
+                return self._refuse(key, detail, previous)
+            self.current = candidate  # the atomic swap
+            self.last_error = None
+            self._refused_key = None
+            self.metrics.reloads.labels(result="success").inc()
+            self.metrics.reload_failing.set(0)
+            self.metrics.set_model(candidate.version, candidate.signature.backbone)
+            if self.on_swap is not None:
+                self.on_swap(candidate)
+            log.info(
+                "serving model %s (backbone %s) from %s; validated + warmed up in %.0f ms",
+                candidate.version,
+                candidate.signature.backbone,
+                self.source.description,
+                candidate.warmup_ms,
+            )
+            return ReloadOutcome(True, candidate.version, previous, "model swapped in")
+
+    def _refuse(self, key: str | None, detail: str, previous: str | None) -> ReloadOutcome:
+        self.last_error = detail
+        self._refused_key = key
+        self.metrics.reloads.labels(result="refused").inc()
+        self.metrics.reload_failing.set(1)
+        if previous is None:
+            log.warning("no model to serve yet: %s", detail)
+        else:
+            log.error("new model refused, still serving %s: %s", previous, detail)
+        return ReloadOutcome(False, previous, previous, f"refused: {detail}")
+
+    async def poll_forever(self) -> None:
+        """Check the source every ``MODEL_POLL_SECONDS`` (cancel the task to stop)."""
+        interval = self.settings.model_poll_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload()
+            except Exception:  # never let the poller die
+                log.exception("model poll failed")

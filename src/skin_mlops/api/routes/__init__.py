@@ -1,0 +1,1 @@
+"""HTTP routes: prediction, health/readiness, model info, metrics, admin."""

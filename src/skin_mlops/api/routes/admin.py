@@ -1,0 +1,64 @@
+"""``POST /admin/reload``: load the source's current model now (bearer token).
+
+Disabled (403) unless ``ADMIN_TOKEN`` is set; a missing or wrong token is 401. The reload
+is forced (the current source version is loaded even if it looks unchanged), validated and
+warmed up off to the side; a refused model answers 409 and the old model keeps serving.
+Polling (``MODEL_POLL_SECONDS``) does the same automatically when the source changes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from skin_mlops.api.schemas import ErrorResponse, ReloadResult
+from skin_mlops.api.services import Services, get_services
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+_bearer = HTTPBearer(auto_error=False, description="the ADMIN_TOKEN setting")
+
+
+def require_admin(
+    services: Annotated[Services, Depends(get_services)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """403 when admin endpoints are disabled, 401 without the right bearer token."""
+    token = services.settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise HTTPException(403, "admin endpoints are disabled (set ADMIN_TOKEN to enable them)")
+    if credentials is None or not secrets.compare_digest(
+        credentials.credentials.encode(), token.get_secret_value().encode()
+    ):
+        raise HTTPException(
+            401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+@router.post(
+    "/reload",
+    response_model=ReloadResult,
+    dependencies=[Depends(require_admin)],
+    responses={
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
+        409: {
+            "model": ErrorResponse,
+            "description": "the new model was refused; the old one serves",
+        },
+    },
+)
+async def reload_model(services: Annotated[Services, Depends(get_services)]) -> ReloadResult:
+    """Load, validate, warm up and swap in the source's current model."""
+    outcome = await services.runtime.reload(force=True)
+    if not outcome.reloaded:
+        serving = f"; still serving {outcome.previous_version}" if outcome.previous_version else ""
+        raise HTTPException(409, f"new model {outcome.detail}{serving}")
+    return ReloadResult(
+        reloaded=True,
+        model_version=outcome.model_version,
+        previous_version=outcome.previous_version,
+        detail=outcome.detail,
+    )

@@ -1,0 +1,144 @@
+"""What the routes share (settings, model runtime, batcher, metrics) and the prediction path.
+
+The prediction path for one uploaded file, as :func:`predict_upload` runs it:
+
+1. size check (``MAX_UPLOAD_BYTES`` -> 413; the middleware already cut bodies off at the
+   route's limit, so nothing unbounded was buffered);
+2. in the preprocess thread pool (never on the event loop): :func:`preprocess_bytes` of
+   :mod:`skin_mlops.preprocessing` - the module training used - with the bomb guard
+   ``MAX_IMAGE_PIXELS``; its typed errors become 415 / 422 / 413;
+3. the micro-batcher runs the model; probabilities are ``softmax(logits / temperature)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+from fastapi import HTTPException, Request, UploadFile
+
+from skin_mlops import preprocessing
+from skin_mlops.api.batching import MicroBatcher
+from skin_mlops.api.metrics import ApiMetrics
+from skin_mlops.api.model_runtime import LoadedModel, ModelRuntime
+from skin_mlops.api.schemas import LabelProbability, Prediction
+from skin_mlops.core.config import Settings
+
+log = logging.getLogger("skin_mlops.api")
+
+_IMAGE_ERROR_STATUS: tuple[tuple[type[preprocessing.ImageError], int], ...] = (
+    (preprocessing.EmptyImageError, 422),
+    (preprocessing.NotAnImageError, 415),
+    (preprocessing.ImageTooLargeError, 413),
+    (preprocessing.CorruptImageError, 422),
+)
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs; one instance per app (``app.state.services``)."""
+
+    settings: Settings
+    metrics: ApiMetrics
+    runtime: ModelRuntime
+    batcher: MicroBatcher
+    preprocess_pool: ThreadPoolExecutor | None = None
+
+
+def get_services(request: Request) -> Services:
+    """FastAPI dependency: the app's :class:`Services`."""
+    return request.app.state.services
+
+
+def require_model(services: Services) -> LoadedModel:
+    """The model serving new requests, or 503 with the reason there is none."""
+    model = services.runtime.current
+    if model is None:
+        reason = services.runtime.last_error or "the model is still loading"
+        raise HTTPException(503, f"no model is loaded yet: {reason}")
+    return model
+
+
+async def read_upload(upload: UploadFile, limit: int) -> bytes:
+    """The uploaded bytes, or 413 when the file is over ``limit`` bytes."""
+    if upload.size is not None and upload.size > limit:
+        raise HTTPException(
+            413, f"file of {upload.size:,} bytes is over the limit of {limit:,} bytes"
+        )
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"file is over the limit of {limit:,} bytes")
+    return data
+
+
+def _preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Bytes -> model input, with every decoder failure mapped to an HTTP status."""
+    try:
+        return preprocessing.preprocess_bytes(data, size, max_pixels=max_pixels)
+    except preprocessing.ImageError as exc:
+        for error_type, status in _IMAGE_ERROR_STATUS:
+            if isinstance(exc, error_type):
+                raise HTTPException(status, str(exc)) from None
+        raise HTTPException(422, str(exc)) from None
+    except Exception as exc:  # a decoder edge case (MemoryError too): still the client's image
+        log.warning(
+            "image rejected by an unexpected decoder error: %s: %s", type(exc).__name__, exc
+        )
+        raise HTTPException(422, "the image could not be decoded") from None
+
+
+def build_prediction(
+    services: Services,
+    model: LoadedModel,
+    probabilities: np.ndarray,
+    top_k: int,
+    elapsed_ms: float,
+    batch_size: int,
+) -> Prediction:
+    """Turn one row of probabilities into the response (and count it in the metrics)."""
+    order = np.argsort(-probabilities, kind="stable")
+    ranked = [
+        LabelProbability(label=model.labels[i], probability=float(probabilities[i]))
+        for i in order[: min(top_k, len(model.labels))]
+    ]
+    label, confidence = model.labels[order[0]], float(probabilities[order[0]])
+    threshold = services.settings.uncertainty_threshold
+    uncertain = confidence < threshold
+    services.metrics.record_prediction(label, confidence)
+    return Prediction(
+        label=label,
+        confidence=confidence,
+        top_k=ranked,
+        model_version=model.version,
+        inference_ms=round(elapsed_ms, 3),
+        uncertain=uncertain,
+        warning=(
+            f"low confidence ({confidence:.2f} < {threshold:.2f}): the model is unsure about "
+            "this photo; retake it closer and in focus, or ask a clinician"
+            if uncertain
+            else None
+        ),
+        batch_size=batch_size,
+    )
+
+
+async def predict_bytes(services: Services, data: bytes, top_k: int) -> Prediction:
+    """Preprocess ``data`` off the event loop, run it through the batcher, build the answer."""
+    model = require_model(services)
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    with services.batcher.reserve() as reservation:
+        pixels = await loop.run_in_executor(
+            services.preprocess_pool,
+            partial(_preprocess, data, model.image_size, services.settings.max_image_pixels),
+        )
+        result = await services.batcher.submit(model, pixels, reservation)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return build_prediction(
+        services, result.model, result.probabilities, top_k, elapsed_ms, result.batch_size
+    )
