@@ -331,7 +331,8 @@ class S3ObjectStore:
         self.region = region
         config = Config(
             region_name=region,
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            # total_max_attempts counts the first try too (botocore's max_attempts does not).
+            retries={"mode": retry_mode, "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
