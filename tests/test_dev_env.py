@@ -1,0 +1,720 @@
+"""The development environment: ``.env``, ``docker-compose.yml``, the Dockerfiles and CI.
+
+Nothing here starts Docker. The checks are static but real: the versioned ``.env`` must load
+into :class:`Settings`; every port and credential in the compose file must come from ``.env``;
+each container's environment must itself be a valid ``Settings``; the API image's dependency
+group must not pull TensorFlow (checked on the resolved lock, not on the group's top level);
+and, where a Docker Compose binary exists, ``docker compose config`` must accept the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+
+from skin_mlops.core.config import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_FILE = REPO_ROOT / ".env"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DOCKER_DIR = REPO_ROOT / "docker"
+
+MANDATORY_SERVICES = [
+    "minio",
+    "minio-mc",
+    "mlflow-db",
+    "mlflow",
+    "api",
+    "webapp",
+    "airflow-db",
+    "redis",
+    "airflow-init",
+    "airflow-webserver",
+    "airflow-scheduler",
+    "airflow-worker",
+    "prometheus",
+    "grafana",
+]
+
+# Keys Settings reads from .env (name = upper-case field name), with their dev values.
+REQUIRED_SETTINGS_KEYS = {
+    "STORAGE_BACKEND": "local",
+    "MINIO_ROOT_USER": None,
+    "MINIO_ROOT_PASSWORD": None,
+    "S3_ENDPOINT_URL": "http://localhost:9000",
+    "S3_REGION": None,
+    "S3_PROCESSED_BUCKET": "skin-processed",
+    "S3_MODELS_BUCKET": "models-registry",
+    "MLFLOW_TRACKING_URI": "sqlite:///data/mlflow/mlflow.db",
+    "API_BASE_URL": "http://localhost:8000",
+    "API_PORT": "8000",
+    "WEBAPP_PORT": "8501",
+    "MLFLOW_PORT": "5000",
+    "MINIO_PORT": "9000",
+    "MINIO_CONSOLE_PORT": "9001",
+    "AIRFLOW_PORT": "8080",
+    "PROMETHEUS_PORT": "9090",
+    "GRAFANA_PORT": "3000",
+    "AIRFLOW_ADMIN_USER": "admin",
+    "AIRFLOW_ADMIN_PASSWORD": "admin",
+    "GRAFANA_ADMIN_USER": "admin",
+    "GRAFANA_ADMIN_PASSWORD": "admin",
+    "MLFLOW_DB_USER": None,
+    "MLFLOW_DB_PASSWORD": None,
+    "MLFLOW_DB_NAME": None,
+    "AIRFLOW_DB_USER": None,
+    "AIRFLOW_DB_PASSWORD": None,
+    "AIRFLOW_DB_NAME": None,
+}
+# Keys only docker compose reads (documented as [compose] in .env).
+COMPOSE_ONLY_KEYS = {
+    "COMPOSE_PROJECT_NAME",
+    "AIRFLOW_IMAGE",
+    "AIRFLOW_UID",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_SECRET_KEY",
+    "AIRFLOW_JWT_SECRET",
+}
+
+# service -> {.env port key: port the container listens on}. Nothing else is published.
+PUBLISHED_PORTS = {
+    "minio": {"MINIO_PORT": 9000, "MINIO_CONSOLE_PORT": 9001},
+    "mlflow": {"MLFLOW_PORT": 5000},
+    "api": {"API_PORT": 8000},
+    "webapp": {"WEBAPP_PORT": 8501},
+    "airflow-webserver": {"AIRFLOW_PORT": 8080},
+    "prometheus": {"PROMETHEUS_PORT": 9090},
+    "grafana": {"GRAFANA_PORT": 3000},
+}
+
+# ${VAR} / ${VAR:-default} / $VAR, but not the escaped $$VAR or $${VAR}.
+INTERPOLATION = re.compile(
+    r"(?<!\$)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}|([A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+@cache
+def env_values() -> dict[str, str]:
+    """The versioned .env as ``{KEY: value}`` (python-dotenv, the parser pydantic-settings uses)."""
+    values = dotenv_values(ENV_FILE)
+    assert all(v is not None for v in values.values()), "every .env key needs a value"
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def interpolate(text: str) -> str:
+    """Substitute ``${VAR}`` from .env like compose does, leaving ``$$`` escapes as ``$``."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return env_values()[name]
+
+    return INTERPOLATION.sub(one, text).replace("$$", "$")
+
+
+def map_strings(node: Any, function: Any) -> Any:
+    """Apply ``function`` to every string (keys and values) of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return {map_strings(k, function): map_strings(v, function) for k, v in node.items()}
+    if isinstance(node, list):
+        return [map_strings(item, function) for item in node]
+    return function(node) if isinstance(node, str) else node
+
+
+@cache
+def compose_raw() -> dict[str, Any]:
+    """docker-compose.yml as written (anchors and ``<<`` merges resolved, no interpolation)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+@cache
+def compose() -> dict[str, Any]:
+    """docker-compose.yml with ${VAR} replaced by the .env values (comments are not data)."""
+    return map_strings(compose_raw(), interpolate)
+
+
+def interpolated_names() -> set[str]:
+    """Every variable name that compose interpolates from the environment."""
+    names: set[str] = set()
+
+    def collect(text: str) -> str:
+        names.update(m.group(1) or m.group(2) for m in INTERPOLATION.finditer(text))
+        return text
+
+    map_strings(compose_raw(), collect)
+    return names
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    """A service's ``environment:`` (map or list form) as a dict of strings."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def container_environment(name: str) -> dict[str, str]:
+    """What a project container sees: ``env_file: .env`` overlaid by ``environment:``."""
+    service = services()[name]
+    env_files = service.get("env_file") or []
+    env_files = [env_files] if isinstance(env_files, str) else env_files
+    assert env_files == [".env"], f"{name} must read credentials from env_file: .env"
+    return {**env_values(), **environment_of(service)}
+
+
+def is_one_shot(service: dict[str, Any]) -> bool:
+    return str(service.get("restart", "no")) == "no"
+
+
+def healthcheck_test(service: dict[str, Any]) -> list[str] | None:
+    check = service.get("healthcheck") or {}
+    if check.get("disable"):
+        return None
+    test = check.get("test")
+    return [test] if isinstance(test, str) else test
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """``{dependency: condition}`` for both depends_on syntaxes."""
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {d: "service_started" for d in deps}
+    return {d: (spec or {}).get("condition", "service_started") for d, spec in deps.items()}
+
+
+@pytest.fixture
+def settings_env_cleared(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """No Settings key from the real environment overrides what a test loads."""
+    for field in Settings.model_fields:
+        monkeypatch.delenv(field.upper(), raising=False)
+    yield monkeypatch
+
+
+# --- .env --------------------------------------------------------------------------------------
+
+
+def test_env_exposes_every_required_key_with_its_dev_value() -> None:
+    values = env_values()
+    missing = sorted(set(REQUIRED_SETTINGS_KEYS) - set(values))
+    assert not missing, f".env lacks {missing}"
+    for key, expected in REQUIRED_SETTINGS_KEYS.items():
+        assert values[key].strip(), f"{key} is empty in .env"
+        if expected is not None:
+            assert values[key] == expected, f"{key}={values[key]!r}, want {expected!r}"
+
+
+def test_env_keys_are_settings_fields_or_documented_compose_keys() -> None:
+    """A typo (API_PROT=...) would be silently ignored by Settings: catch it here."""
+    fields = {name.upper() for name in Settings.model_fields}
+    unknown = sorted(set(env_values()) - fields - COMPOSE_ONLY_KEYS)
+    assert not unknown, f".env keys neither in Settings nor compose-only: {unknown}"
+    missing_compose = sorted(COMPOSE_ONLY_KEYS - set(env_values()))
+    assert not missing_compose, f".env lacks compose keys {missing_compose}"
+    assert not COMPOSE_ONLY_KEYS & fields, "a compose-only key is also a Settings field"
+
+
+def test_env_has_no_duplicate_keys() -> None:
+    keys = [
+        line.split("=", 1)[0].strip()
+        for line in ENV_FILE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    assert not duplicates, f"keys set twice in .env (the last one silently wins): {duplicates}"
+
+
+def test_every_port_key_is_distinct() -> None:
+    ports = {k: v for k, v in env_values().items() if k.endswith("_PORT")}
+    assert len(set(ports.values())) == len(ports), f"two services share a host port: {ports}"
+
+
+def test_settings_load_from_the_real_env_file(
+    settings_env_cleared: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Settings reads the repo's .env from the working directory and every key parses."""
+    shutil.copy(ENV_FILE, tmp_path / ".env")
+    settings_env_cleared.chdir(tmp_path)
+    settings = load_settings()
+    for key, raw in env_values().items():
+        field = key.lower()
+        if field not in Settings.model_fields:
+            continue
+        value = getattr(settings, field)
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        assert str(value) == raw, f"{key}: .env says {raw!r}, Settings has {value!r}"
+
+
+def test_settings_from_the_env_file_accept_the_s3_backend(
+    settings_env_cleared: pytest.MonkeyPatch,
+) -> None:
+    """Switching STORAGE_BACKEND=s3 (as Docker does) needs no other key: credentials are there."""
+    settings_env_cleared.setenv("STORAGE_BACKEND", "s3")
+    settings = load_settings(_env_file=ENV_FILE)
+    assert settings.storage_backend == "s3"
+    assert settings.s3_endpoint_url == env_values()["S3_ENDPOINT_URL"]
+
+
+def test_airflow_fernet_key_is_a_valid_fernet_key() -> None:
+    import base64
+
+    key = env_values()["AIRFLOW_FERNET_KEY"]
+    assert len(base64.urlsafe_b64decode(key.encode())) == 32
+    assert len(env_values()["AIRFLOW_JWT_SECRET"]) >= 32
+
+
+def test_env_is_versioned_and_not_ignored() -> None:
+    git = shutil.which("git")
+    if git is None or not (REPO_ROOT / ".git").exists():
+        pytest.skip("git missing or not a git checkout: .env versioning not checked")
+    ignored = subprocess.run(
+        [git, "check-ignore", "-q", ".env"], cwd=REPO_ROOT, capture_output=True
+    ).returncode
+    assert ignored == 1, ".env must be versioned (dev values), not git-ignored"
+
+
+# --- docker-compose.yml: structure ----------------------------------------------------------------
+
+
+def test_compose_defines_every_mandatory_service() -> None:
+    missing = [s for s in MANDATORY_SERVICES if s not in services()]
+    assert not missing, f"docker-compose.yml lacks {missing}"
+
+
+def test_every_interpolated_variable_is_defined_in_env() -> None:
+    used = interpolated_names()
+    assert used, "expected ${VAR} interpolation in docker-compose.yml"
+    undefined = sorted(used - set(env_values()))
+    assert not undefined, f"used in docker-compose.yml but not in .env: {undefined}"
+
+
+def test_published_ports_come_from_env_and_match() -> None:
+    for name, service in compose_raw()["services"].items():
+        expected = PUBLISHED_PORTS.get(name, {})
+        found: dict[str, int] = {}
+        for entry in service.get("ports", []):
+            match = re.fullmatch(r"\$\{([A-Z_]+_PORT)\}:(\d+)", str(entry))
+            assert match, f"{name}: published port {entry!r} must be '${{X_PORT}}:<container>'"
+            found[match.group(1)] = int(match.group(2))
+        assert found == expected, f"{name} publishes {found}, expected {expected}"
+        for key, container_port in expected.items():
+            # Dev values: the host port is the service's standard port.
+            assert int(env_values()[key]) == container_port, f"{key} != {container_port}"
+    published = {key for ports in PUBLISHED_PORTS.values() for key in ports}
+    port_keys = {k for k in env_values() if k.endswith("_PORT")}
+    assert published == port_keys, "every *_PORT in .env is published by exactly one service"
+
+
+def test_databases_and_broker_are_not_published_on_the_host() -> None:
+    for name in ("mlflow-db", "airflow-db", "redis"):
+        assert not services()[name].get("ports"), f"{name} must stay inside the compose network"
+
+
+def test_build_dockerfiles_exist() -> None:
+    built = {}
+    for name, service in services().items():
+        build = service.get("build")
+        if build is None:
+            continue
+        if isinstance(build, str):
+            build = {"context": build}
+        context = REPO_ROOT / build.get("context", ".")
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert context.is_dir(), f"{name}: build context {context} missing"
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+        built[name] = dockerfile.relative_to(REPO_ROOT).as_posix()
+    assert built["api"] == "docker/api.Dockerfile"
+    assert built["webapp"] == "docker/webapp.Dockerfile"
+    assert built["trainer"] == "docker/trainer.Dockerfile"
+    assert built["mlflow"] == "docker/mlflow.Dockerfile"
+
+
+def test_depends_on_names_existing_services_with_sound_conditions() -> None:
+    all_services = services()
+    for name, service in all_services.items():
+        for dep, condition in depends_on(service).items():
+            assert dep in all_services, f"{name} depends on unknown service {dep!r}"
+            assert dep != name
+            assert condition in {
+                "service_started",
+                "service_healthy",
+                "service_completed_successfully",
+            }, f"{name} -> {dep}: unknown condition {condition}"
+            if condition == "service_healthy":
+                assert healthcheck_test(all_services[dep]), f"{dep} has no healthcheck"
+            if condition == "service_completed_successfully":
+                assert is_one_shot(all_services[dep]), f"{dep} is not a one-shot job"
+
+
+def test_depends_on_has_no_cycle() -> None:
+    graph = {name: set(depends_on(s)) for name, s in services().items()}
+    done: set[str] = set()
+    while graph.keys() - done:
+        ready = {n for n in graph.keys() - done if graph[n] <= done}
+        assert ready, f"dependency cycle among {sorted(graph.keys() - done)}"
+        done |= ready
+
+
+def test_long_running_services_have_healthchecks() -> None:
+    for name, service in services().items():
+        if is_one_shot(service):
+            continue
+        test = healthcheck_test(service)
+        assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} needs a healthcheck"
+
+
+def test_one_shot_jobs_are_the_expected_ones() -> None:
+    one_shots = {name for name, s in services().items() if is_one_shot(s)}
+    assert {"minio-mc", "airflow-init"} <= one_shots
+    assert not one_shots & set(PUBLISHED_PORTS)
+
+
+def test_healthchecks_probe_the_port_the_service_listens_on() -> None:
+    for name, ports in PUBLISHED_PORTS.items():
+        test = " ".join(healthcheck_test(services()[name]) or [])
+        if name == "minio":
+            assert "mc ready local" in test
+            continue
+        (container_port,) = ports.values()
+        assert f":{container_port}/" in test, f"{name} healthcheck does not probe {container_port}"
+
+
+def test_bind_mounted_project_files_exist() -> None:
+    for name, service in services().items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":", 1)[0]
+            if source.startswith("./") and Path(source).suffix:  # a file, not a data folder
+                assert (REPO_ROOT / source).is_file(), f"{name} mounts missing {source}"
+    assert (REPO_ROOT / "airflow" / "dags").is_dir()
+
+
+# --- docker-compose.yml: what each part is wired to -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["api", "webapp", "trainer"])
+def test_project_containers_get_a_valid_docker_settings(
+    settings_env_cleared: pytest.MonkeyPatch, name: str
+) -> None:
+    """The environment a project container sees loads into Settings, pointed at the stack."""
+    for key, value in container_environment(name).items():
+        settings_env_cleared.setenv(key, value)
+    settings = load_settings(_env_file=None)
+    assert settings.storage_backend == "s3"
+    assert settings.s3_endpoint_url == "http://minio:9000"
+    assert settings.mlflow_tracking_uri == "http://mlflow:5000"
+    assert settings.minio_root_user == env_values()["MINIO_ROOT_USER"]
+    if name == "webapp":
+        assert settings.api_base_url == "http://api:8000"
+    if name == "api":
+        assert settings.api_host == "0.0.0.0"
+        assert settings.api_port == PUBLISHED_PORTS["api"]["API_PORT"]
+
+
+def test_minio_mc_creates_both_buckets() -> None:
+    service = services()["minio-mc"]
+    env = environment_of(service)
+    assert env["S3_PROCESSED_BUCKET"] == "skin-processed"
+    assert env["S3_MODELS_BUCKET"] == "models-registry"
+    script = " ".join(service["command"])
+    assert 'mc mb --ignore-existing "skin/$S3_PROCESSED_BUCKET"' in script
+    assert 'mc mb --ignore-existing "skin/$S3_MODELS_BUCKET"' in script
+    assert env["MINIO_ROOT_USER"] == services()["minio"]["environment"]["MINIO_ROOT_USER"]
+    assert depends_on(service) == {"minio": "service_healthy"}
+
+
+def test_mlflow_runs_on_postgres_with_artifacts_in_minio() -> None:
+    values = env_values()
+    service = services()["mlflow"]
+    args = service["command"]
+    assert "--workers=1" in args
+    assert "--serve-artifacts" in args
+    assert f"--artifacts-destination=s3://{values['S3_MODELS_BUCKET']}/mlflow" in args
+    store = (
+        f"--backend-store-uri=postgresql://{values['MLFLOW_DB_USER']}:"
+        f"{values['MLFLOW_DB_PASSWORD']}@mlflow-db:5432/{values['MLFLOW_DB_NAME']}"
+    )
+    assert store in args
+    allowed = next(a for a in args if a.startswith("--allowed-hosts="))
+    assert "mlflow:*" in allowed.split("=", 1)[1].split(","), "containers reach it as mlflow:5000"
+    env = environment_of(service)
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == values["MINIO_ROOT_USER"]
+    db_env = environment_of(services()["mlflow-db"])
+    assert db_env["POSTGRES_USER"] == values["MLFLOW_DB_USER"]
+    assert db_env["POSTGRES_DB"] == values["MLFLOW_DB_NAME"]
+
+
+def test_airflow_is_version_3_with_celery_redis_and_postgres() -> None:
+    values = env_values()
+    assert re.fullmatch(r"apache/airflow:3\.\d+\.\d+(-python3\.\d+)?", values["AIRFLOW_IMAGE"])
+    airflow = {n: s for n, s in services().items() if n.startswith("airflow-") and "image" in s}
+    assert {"airflow-init", "airflow-webserver", "airflow-scheduler", "airflow-worker"} <= set(
+        airflow
+    )
+    db_url = (
+        f"{values['AIRFLOW_DB_USER']}:{values['AIRFLOW_DB_PASSWORD']}"
+        f"@airflow-db:5432/{values['AIRFLOW_DB_NAME']}"
+    )
+    jwt_secrets = set()
+    for name, service in airflow.items():
+        if name == "airflow-db":
+            continue
+        env = environment_of(service)
+        assert service["image"] == values["AIRFLOW_IMAGE"], name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"postgresql+psycopg2://{db_url}"
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql://{db_url}"
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
+            "http://airflow-webserver:8080/execution/"
+        )
+        assert "FabAuthManager" in env["AIRFLOW__CORE__AUTH_MANAGER"]
+        assert env["AIRFLOW__CORE__FERNET_KEY"] == values["AIRFLOW_FERNET_KEY"]
+        jwt_secrets.add(env["AIRFLOW__API_AUTH__JWT_SECRET"])
+        assert "./airflow/dags:/opt/airflow/dags:ro" in service["volumes"], name
+    assert jwt_secrets == {values["AIRFLOW_JWT_SECRET"]}, "one JWT secret for every container"
+    assert airflow["airflow-webserver"]["command"] == "api-server"
+    assert airflow["airflow-scheduler"]["command"] == "scheduler"
+    assert airflow["airflow-worker"]["command"] == "celery worker"
+    init_env = environment_of(airflow["airflow-init"])
+    assert init_env["_AIRFLOW_DB_MIGRATE"] == "true"
+    assert init_env["_AIRFLOW_WWW_USER_CREATE"] == "true"
+    assert init_env["_AIRFLOW_WWW_USER_USERNAME"] == values["AIRFLOW_ADMIN_USER"] == "admin"
+    assert init_env["_AIRFLOW_WWW_USER_PASSWORD"] == values["AIRFLOW_ADMIN_PASSWORD"]
+    worker_deps = depends_on(airflow["airflow-worker"])
+    assert worker_deps["airflow-webserver"] == "service_healthy"  # execution API must be up
+    assert worker_deps["redis"] == worker_deps["airflow-db"] == "service_healthy"
+
+
+def test_prometheus_and_grafana_wiring() -> None:
+    prometheus = services()["prometheus"]
+    assert (
+        "./monitoring/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+        in prometheus["volumes"]
+    )
+    grafana_env = environment_of(services()["grafana"])
+    assert grafana_env["GF_SECURITY_ADMIN_USER"] == env_values()["GRAFANA_ADMIN_USER"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"] == env_values()["GRAFANA_ADMIN_PASSWORD"]
+
+
+# --- docker-compose.yml: the real Compose parser, where one is installed --------------------------
+
+
+def compose_command() -> list[str] | None:
+    """``docker compose`` (v2 plugin) or a standalone ``docker-compose``, else None."""
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    return [standalone] if standalone else None
+
+
+def run_compose_config(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = compose_command()
+    if command is None:
+        pytest.skip(
+            "NO Docker Compose binary (docker compose plugin or docker-compose): "
+            "docker-compose.yml was NOT checked by Compose itself "
+            "(install Debian's docker-compose to run this check)"
+        )
+    # Only .env may feed interpolation: drop same-named variables from this process.
+    env = {k: v for k, v in os.environ.items() if k not in env_values()}
+    return subprocess.run(
+        [*command, "-f", "docker-compose.yml", "config", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    result = run_compose_config(REPO_ROOT, "-q")
+    assert result.returncode == 0, result.stderr
+    listed = run_compose_config(REPO_ROOT, "--services")
+    assert listed.returncode == 0, listed.stderr
+    assert set(MANDATORY_SERVICES) <= set(listed.stdout.split())
+
+
+def test_docker_compose_rejects_a_broken_copy(tmp_path: Path) -> None:
+    """Proves the check above can fail: a dependency on a missing service is refused."""
+    shutil.copy(ENV_FILE, tmp_path / ".env")
+    text = COMPOSE_FILE.read_text(encoding="utf-8").replace(
+        '      minio:\n        condition: service_healthy\n    restart: "no"',
+        '      minio-typo:\n        condition: service_healthy\n    restart: "no"',
+        1,
+    )
+    assert "minio-typo" in text
+    (tmp_path / "docker-compose.yml").write_text(text, encoding="utf-8")
+    result = run_compose_config(tmp_path, "-q")
+    assert result.returncode != 0
+    assert "minio-typo" in result.stderr
+
+
+# --- Dockerfiles ----------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """``[(INSTRUCTION, arguments)]`` with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = (pending + stripped).strip()
+        pending = ""
+        keyword, _, rest = full.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+    assert not pending, f"{path}: dangling line continuation"
+    return instructions
+
+
+def base_images(instructions: list[tuple[str, str]]) -> list[str]:
+    args = dict(rest.split("=", 1) for kw, rest in instructions if kw == "ARG" and "=" in rest)
+    images = []
+    for kw, rest in instructions:
+        if kw == "FROM":
+            image = rest.split()[0]
+            images.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image))
+    return images
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "group"),
+    [("api.Dockerfile", "serve"), ("trainer.Dockerfile", "train"), ("webapp.Dockerfile", "webapp")],
+)
+def test_project_images_install_only_their_group(dockerfile: str, group: str) -> None:
+    instructions = dockerfile_instructions(DOCKER_DIR / dockerfile)
+    assert set(base_images(instructions)) == {"python:3.12-slim"}
+    runs = [rest for kw, rest in instructions if kw == "RUN"]
+    assert any(re.search(r"pip install .*\buv\b", r) for r in runs), "uv comes from PyPI"
+    syncs = [r for r in runs if "uv sync" in r]
+    assert syncs, f"{dockerfile} never runs uv sync"
+    for sync in syncs:
+        assert "--frozen" in sync and "--no-default-groups" in sync, sync
+        assert re.findall(r"--group\s+(\S+)", sync) == [group], sync
+    users = [rest for kw, rest in instructions if kw == "USER"]
+    assert users and users[-1] not in {"root", "0", "0:0"}, "runs as a non-root user"
+    healthchecks = [rest for kw, rest in instructions if kw == "HEALTHCHECK"]
+    assert healthchecks and "NONE" not in healthchecks[-1].upper().split()
+    env = " ".join(rest for kw, rest in instructions if kw == "ENV")
+    assert "UV_PYTHON=/usr/local/bin/python3" in env, "use the image's Python, not .python-version"
+
+
+def test_api_dockerfile_installs_serve_not_train() -> None:
+    text = (DOCKER_DIR / "api.Dockerfile").read_text(encoding="utf-8")
+    assert "--group serve" in text
+    assert "--group train" not in text
+    assert "find_spec" in text and "tensorflow" in text, "the build guards against TensorFlow"
+
+
+def resolved_group(group: str) -> set[str]:
+    """Package names the locked ``group`` installs (uv export, offline, no interpreter)."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv not on PATH")
+    result = subprocess.run(
+        [
+            uv,
+            "export",
+            "--frozen",
+            "--no-default-groups",
+            "--group",
+            group,
+            "--no-hashes",
+            "--no-emit-project",
+            "--no-header",
+            "--no-annotate",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    names = set()
+    for line in result.stdout.splitlines():
+        if line and not line.startswith(("#", " ", "-")):
+            names.add(re.split(r"[=<>;\[ ]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def test_serve_group_resolves_without_tensorflow() -> None:
+    """The API image's locked dependency closure has no TensorFlow/Keras (transitively)."""
+    serve = resolved_group("serve")
+    assert {"fastapi", "onnxruntime", "prometheus-client"} <= serve
+    forbidden = {n for n in serve if n.startswith(("tensorflow", "keras", "tf-keras", "torch"))}
+    assert not forbidden, f"the serve group pulls {sorted(forbidden)}"
+    assert "tensorflow-cpu" in resolved_group("train")  # the check can see TensorFlow
+
+
+def test_webapp_group_stays_light() -> None:
+    webapp = resolved_group("webapp")
+    assert "streamlit" in webapp
+    assert not {n for n in webapp if n.startswith(("tensorflow", "keras", "onnxruntime"))}
+
+
+def test_mlflow_server_image_matches_the_locked_client() -> None:
+    instructions = dockerfile_instructions(DOCKER_DIR / "mlflow.Dockerfile")
+    args = dict(rest.split("=", 1) for kw, rest in instructions if kw == "ARG" and "=" in rest)
+    lock = tomllib.loads((REPO_ROOT / "uv.lock").read_text(encoding="utf-8"))
+    locked = {p["name"]: p["version"] for p in lock["package"]}
+    assert args["MLFLOW_VERSION"] == locked["mlflow"], "server and client MLflow must agree"
+    run = " ".join(rest for kw, rest in instructions if kw == "RUN")
+    assert "psycopg2" in run and "boto3" in run, "Postgres backend + S3 artifacts"
+    assert [rest for kw, rest in instructions if kw == "USER"][-1] != "root"
+
+
+def test_dockerignore_keeps_data_secrets_and_venv_out_of_images() -> None:
+    patterns = {
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".env", "data", "runs", ".cache", ".python-version"} <= patterns
+    for needed in ("src", "configs", "pyproject.toml", "uv.lock", "README.md"):
+        assert needed not in patterns, f"{needed} is needed by the image builds"
+
+
+# --- CI -------------------------------------------------------------------------------------------
+
+
+def test_ci_workflow_runs_the_ci_script() -> None:
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads `on` as True
+    assert {"push", "pull_request"} <= set(triggers)
+    jobs = list(workflow["jobs"].values())
+    assert jobs and all(job["runs-on"] == "ubuntu-latest" for job in jobs)
+    steps = [step for job in jobs for step in job["steps"]]
+    python = [s for s in steps if str(s.get("uses", "")).startswith("actions/setup-python")]
+    assert python and str(python[0]["with"]["python-version"]) == "3.12"
+    commands = "\n".join(str(s.get("run", "")) for s in steps)
+    assert "pip install uv" in commands
+    assert "bash .ci/run" in commands
