@@ -86,9 +86,17 @@ def test_never_predicted_class_counts_as_zero_f1() -> None:
 def test_as_metrics_has_per_class_entries() -> None:
     logits, labels = _overconfident_logits(300)
     metrics = evaluate_logits(logits, labels, LABELS).as_metrics()
-    for name in ("val_accuracy", "val_macro_f1", "val_balanced_accuracy", "temperature",
-                 "val_ece_before_scaling", "val_ece_after_scaling", "val_f1_c",
-                 "val_precision_a", "val_recall_b"):
+    for name in (
+        "val_accuracy",
+        "val_macro_f1",
+        "val_balanced_accuracy",
+        "temperature",
+        "val_ece_before_scaling",
+        "val_ece_after_scaling",
+        "val_f1_c",
+        "val_precision_a",
+        "val_recall_b",
+    ):
         assert name in metrics
 
 
@@ -98,9 +106,15 @@ def test_plots_are_pngs(tmp_path) -> None:
     paths = [
         plot_confusion_matrix(evaluation.report.confusion, LABELS, tmp_path / "cm.png"),
         plot_reliability_diagram(evaluation, tmp_path / "rel.png"),
-        plot_training_curves({"train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7],
-                              "train_accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]},
-                             tmp_path / "curves.png"),
+        plot_training_curves(
+            {
+                "train_loss": [1.0, 0.5],
+                "val_loss": [1.1, 0.7],
+                "train_accuracy": [0.5, 0.8],
+                "val_accuracy": [0.4, 0.7],
+            },
+            tmp_path / "curves.png",
+        ),
     ]
     for path in paths:
         with Image.open(path) as image:

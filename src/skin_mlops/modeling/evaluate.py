@@ -251,8 +251,9 @@ def plot_confusion_matrix(
 
     confusion = np.asarray(confusion)
     row_sums = confusion.sum(axis=1, keepdims=True)
-    normalised = np.divide(confusion, row_sums, out=np.zeros_like(confusion, float),
-                           where=row_sums > 0)
+    normalised = np.divide(
+        confusion, row_sums, out=np.zeros_like(confusion, float), where=row_sums > 0
+    )
     size = max(4.5, 1.1 * len(label_names) + 1.5)
     figure = Figure(figsize=(size + 1, size))
     axes = figure.add_subplot()
@@ -265,8 +266,14 @@ def plot_confusion_matrix(
     axes.set_ylabel("true")
     for i in ticks:
         for j in ticks:
-            axes.text(j, i, str(int(confusion[i, j])), ha="center", va="center",
-                      color="white" if normalised[i, j] > 0.5 else "black")
+            axes.text(
+                j,
+                i,
+                str(int(confusion[i, j])),
+                ha="center",
+                va="center",
+                color="white" if normalised[i, j] > 0.5 else "black",
+            )
     axes.set_title(title or "Confusion matrix")
     return _save(figure, path)
 
@@ -280,8 +287,11 @@ def plot_reliability_diagram(
     figure = Figure(figsize=(10, 4.5))
     panels = (
         ("before scaling (T = 1)", evaluation.probs_before, evaluation.ece_before),
-        (f"after scaling (T = {evaluation.temperature:.3f})", evaluation.probs_after,
-         evaluation.ece_after),
+        (
+            f"after scaling (T = {evaluation.temperature:.3f})",
+            evaluation.probs_after,
+            evaluation.ece_after,
+        ),
     )
     for position, (name, probs, ece) in enumerate(panels, 1):
         axes = figure.add_subplot(1, 2, position)
@@ -289,11 +299,24 @@ def plot_reliability_diagram(
         centres = (bins.edges[:-1] + bins.edges[1:]) / 2
         width = bins.edges[1] - bins.edges[0]
         filled = bins.count > 0
-        axes.bar(centres[filled], bins.accuracy[filled], width=width * 0.95, color="#4C72B0",
-                 edgecolor="black", label="accuracy")
-        axes.bar(centres[filled], (bins.confidence - bins.accuracy)[filled],
-                 bottom=bins.accuracy[filled], width=width * 0.95, color="#DD8452", alpha=0.5,
-                 edgecolor="#DD8452", label="gap to confidence")
+        axes.bar(
+            centres[filled],
+            bins.accuracy[filled],
+            width=width * 0.95,
+            color="#4C72B0",
+            edgecolor="black",
+            label="accuracy",
+        )
+        axes.bar(
+            centres[filled],
+            (bins.confidence - bins.accuracy)[filled],
+            bottom=bins.accuracy[filled],
+            width=width * 0.95,
+            color="#DD8452",
+            alpha=0.5,
+            edgecolor="#DD8452",
+            label="gap to confidence",
+        )
         axes.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
         axes.set_xlim(0, 1)
         axes.set_ylim(0, 1)

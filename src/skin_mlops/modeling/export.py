@@ -1,0 +1,212 @@
+"""Export the trained classifier: one Keras graph, its ONNX twin, metadata, publish, upload.
+
+The exported model is backbone + head in ONE graph: ``image`` float32[N, S, S, 3] (RGB,
+[0, 255], from ``skin_mlops.preprocessing``) -> ``logits`` float32[N, K]. The steps:
+
+1. :func:`compose_model` - the inference graph from the backbone and the trained head;
+2. :func:`write_export` - ``model/model.keras``, ``model/model.onnx`` (``tf2onnx``), a
+   parity check (ONNX Runtime vs Keras on real inputs: calibrated probabilities within
+   ``1e-4``, identical top-1) and ``export_format.write_metadata``; a failed check raises
+   :class:`ExportError` and nothing is published;
+3. :func:`publish_export` - the atomic symlink swap of ``runs/skin5-current``
+   (:func:`skin_mlops.export_format.publish`);
+4. :func:`upload_export` - the folder to ``<models bucket>/skin/models/<run_id>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from skin_mlops import export_format
+from skin_mlops.core.errors import DataError
+from skin_mlops.modeling.evaluate import softmax
+
+if TYPE_CHECKING:
+    import keras
+
+    from skin_mlops.storage import ObjectStore
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+ONNX_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+MODELS_PREFIX = "skin/models"
+
+
+class ExportError(DataError):
+    """The exported model is unusable (conversion failed, or ONNX disagrees with Keras)."""
+
+
+def compose_model(backbone_model: keras.Model, head: keras.Model, image_size: int) -> keras.Model:
+    """``image`` -> backbone -> the head's layers -> ``logits``, as one functional model.
+
+    The head's layers are reused (same weights); its last layer must be named ``logits``
+    so the Keras and ONNX output are called ``logits``.
+    """
+    import keras
+
+    image = keras.Input((image_size, image_size, 3), name=INPUT_NAME, dtype="float32")
+    x = backbone_model(image)
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        x = layer(x)
+    return keras.Model(image, x, name="skin_classifier")
+
+
+def keras_logits(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Logits of a Keras model, inference mode, in batches."""
+    out = [
+        np.asarray(model(images[i : i + batch_size], training=False))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, int(model.output.shape[-1])), np.float32)
+
+
+def onnx_session(path: Path) -> object:
+    """An ONNX Runtime CPU session of ``path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session: object, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Logits of an ONNX Runtime session whose one input takes ``images``."""
+    input_name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    out = [
+        session.run(None, {input_name: images[i : i + batch_size]})[0]  # type: ignore[attr-defined]
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out)
+
+
+def convert_to_onnx(model: keras.Model, path: Path, image_size: int) -> Path:
+    """Convert with ``tf2onnx.convert.from_keras`` (opset 17, dynamic batch)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT_NAME),)
+    try:
+        tf2onnx.convert.from_keras(
+            model, input_signature=spec, opset=ONNX_OPSET, output_path=str(path)
+        )
+    except Exception as exc:  # noqa: BLE001 - converter failures become one line
+        raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {exc}") from None
+    return path
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """ONNX Runtime vs Keras on the same inputs."""
+
+    n_inputs: int
+    max_abs_logit_diff: float
+    max_abs_prob_diff: float
+    top1_identical: bool
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        """Calibrated probabilities within tolerance and the same top-1 everywhere."""
+        return self.top1_identical and self.max_abs_prob_diff <= self.tolerance
+
+
+def compare_logits(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    temperature: float,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ParityReport:
+    """Compare two logit arrays (as logits and as calibrated probabilities)."""
+    return ParityReport(
+        n_inputs=len(reference),
+        max_abs_logit_diff=float(np.max(np.abs(reference - candidate), initial=0.0)),
+        max_abs_prob_diff=float(
+            np.max(
+                np.abs(softmax(reference, temperature) - softmax(candidate, temperature)),
+                initial=0.0,
+            )
+        ),
+        top1_identical=bool(np.array_equal(reference.argmax(1), candidate.argmax(1))),
+        tolerance=tolerance,
+    )
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written (not yet published) export folder."""
+
+    folder: Path
+    signature: export_format.ModelSignature
+    parity: ParityReport
+
+
+def write_export(
+    model: keras.Model,
+    signature: export_format.ModelSignature,
+    folder: Path,
+    parity_images: np.ndarray,
+    *,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportResult:
+    """Write ``model.keras``, ``model.onnx`` and the metadata into ``folder``, checked.
+
+    The ONNX model is run with ONNX Runtime on ``parity_images`` and compared with Keras;
+    the signature's input/output names are taken from the ONNX graph.
+
+    Raises:
+        ExportError: conversion failed or the parity check did not pass.
+    """
+    (folder / export_format.KERAS_MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    model.save(folder / export_format.KERAS_MODEL_FILE)
+    onnx_path = convert_to_onnx(model, folder / export_format.ONNX_MODEL_FILE, signature.image_size)
+    session = onnx_session(onnx_path)
+    parity = compare_logits(
+        keras_logits(model, parity_images),
+        onnx_logits(session, parity_images),
+        signature.temperature,
+        tolerance,
+    )
+    if not parity.ok:
+        raise ExportError(
+            f"ONNX model disagrees with Keras on {parity.n_inputs} images: max |dp| = "
+            f"{parity.max_abs_prob_diff:.2e} (tolerance {tolerance:.0e}), top-1 identical: "
+            f"{parity.top1_identical}; not published"
+        )
+    onnx_in, onnx_out = session.get_inputs()[0], session.get_outputs()[0]  # type: ignore[attr-defined]
+    signature = signature.model_copy(
+        update={
+            "input": export_format.TensorSpec(
+                name=onnx_in.name, shape=[None, signature.image_size, signature.image_size, 3]
+            ),
+            "output": export_format.TensorSpec(
+                name=onnx_out.name, shape=[None, len(signature.labels)]
+            ),
+        }
+    )
+    export_format.write_metadata(folder, signature)
+    export_format.read_signature(folder)  # what serving will do: must pass
+    return ExportResult(folder, signature, parity)
+
+
+def publish_export(result: ExportResult, current_link: Path) -> Path:
+    """Atomically make ``current_link`` (``runs/skin5-current``) point at this export."""
+    return export_format.publish(result.folder, current_link, result.signature.model_version)
+
+
+def upload_export(store: ObjectStore, bucket: str, run_id: str, folder: Path) -> str:
+    """Upload the export folder to ``<bucket>/skin/models/<run_id>/``; return its URI."""
+    from skin_mlops.storage import upload_directory
+
+    prefix = f"{MODELS_PREFIX}/{run_id}"
+    upload_directory(store, bucket, prefix, folder)
+    return f"s3://{bucket}/{prefix}/"

@@ -1,0 +1,281 @@
+"""MLflow for training: connect, log a run, register the model, move the champion alias.
+
+* :func:`connect` checks that the tracking store answers (an HTTP server within a few
+  seconds; a SQLite store's folder is created) and returns the experiment id, creating
+  the experiment with ``settings.mlflow_artifact_root`` as artifact location when the
+  store is local. An unreachable server is one
+  :class:`~skin_mlops.core.errors.ServiceUnavailableError` line, before any work is done.
+* :func:`mlflow_signature` is the MLflow model signature of the platform's model contract
+  (``float32[-1, S, S, 3]`` -> ``float32[-1, K]`` logits). Models are logged with it and
+  without ``input_example`` (which trips an MLflow bug with Keras 3 models).
+* :func:`register_and_promote` registers a logged model as a new version of
+  ``skin-classifier`` and moves the alias ``champion`` to it only when its validation
+  macro-F1 beats the current champion's; the decision and both scores are returned (and
+  logged on the run by the caller).
+
+MLflow is imported inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from skin_mlops.core.errors import ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.models import ModelSignature as MlflowModelSignature
+
+    from skin_mlops.core.config import Settings
+
+CHAMPION_ALIAS = "champion"
+SELECTION_METRIC = "val_macro_f1"
+HEALTH_TIMEOUT_S = 5.0
+
+
+def _is_http(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Raise :class:`ServiceUnavailableError` when an HTTP tracking server does not answer.
+
+    For a SQLite store, create the folder of the database file instead.
+    """
+    if _is_http(tracking_uri):
+        import httpx
+
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            response = httpx.get(url, timeout=HEALTH_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailableError(
+                f"MLflow tracking server {tracking_uri} is unreachable "
+                f"({type(exc).__name__}); start it or set MLFLOW_TRACKING_URI"
+            ) from None
+        if response.status_code >= 500:
+            raise ServiceUnavailableError(
+                f"MLflow tracking server {tracking_uri} answered HTTP {response.status_code}"
+            )
+        return
+    sqlite_file = _sqlite_path(tracking_uri)
+    if sqlite_file is not None:
+        try:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailableError(
+                f"cannot create the MLflow store folder {sqlite_file.parent}: {exc}"
+            ) from None
+
+
+def connect(settings: Settings) -> str:
+    """Point MLflow at ``settings.mlflow_tracking_uri``; return the experiment id.
+
+    A local store's experiment is created with its artifacts under
+    ``settings.mlflow_artifact_root``; a server decides artifact locations itself.
+
+    Raises:
+        ServiceUnavailableError: the server does not answer, or the store refuses.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = settings.mlflow_tracking_uri
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                mlflow.MlflowClient().restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        artifact_location = None
+        if not _is_http(uri):
+            root = Path(settings.mlflow_artifact_root).resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            artifact_location = root.as_uri()
+        return mlflow.create_experiment(
+            settings.mlflow_experiment, artifact_location=artifact_location
+        )
+    except MlflowException as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnavailableError(
+            f"MLflow tracking store {uri} is not usable: {first_line}"
+        ) from None
+
+
+def mlflow_signature(image_size: int, num_classes: int) -> MlflowModelSignature:
+    """MLflow signature of the model contract: ``image`` float32[-1,S,S,3] -> ``logits``."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, image_size, image_size, 3), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "logits")]),
+    )
+
+
+def git_commit(repo_dir: Path | None = None) -> str | None:
+    """The checked-out commit (with ``-dirty`` when files differ), or None outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit or None
+
+
+def pinned_requirements(*packages: str) -> list[str]:
+    """``name==installed version`` for each installed package (given explicitly to
+    ``log_model``, which otherwise spends ~15 s inferring requirements in a subprocess)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for package in packages:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params in chunks (MLflow accepts at most 100 per call); None values skipped."""
+    import mlflow
+
+    items = [(k, v) for k, v in params.items() if v is not None]
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start : start + 100]))
+
+
+def log_history(history: Mapping[str, list[float]], *, prefix: str = "") -> None:
+    """Per-epoch metrics (``train_loss``, ``val_accuracy``...) with ``step`` = epoch."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{prefix}{name}", float(value), now, step)
+        for name, values in history.items()
+        for step, value in enumerate(values, 1)
+    ]
+    run = mlflow.active_run()
+    if run is None or not metrics:
+        return
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
+
+
+# --- registry ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """What :func:`register_and_promote` did."""
+
+    model_name: str
+    version: str
+    promoted: bool
+    score: float
+    previous_version: str | None
+    previous_score: float | None
+
+    @property
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        if self.previous_version is None:
+            return (
+                f"{self.model_name} v{self.version} is the first champion "
+                f"({SELECTION_METRIC} {self.score:.4f})"
+            )
+        verb = "takes" if self.promoted else "does not take"
+        return (
+            f"{self.model_name} v{self.version} {verb} @{CHAMPION_ALIAS}: {SELECTION_METRIC} "
+            f"{self.score:.4f} vs v{self.previous_version} {self.previous_score:.4f}"
+        )
+
+
+def champion_score(client: MlflowClient, model_name: str) -> tuple[str, float] | None:
+    """``(version, val macro-F1)`` of the current champion, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException:
+        return None
+    if SELECTION_METRIC in version.tags:
+        return version.version, float(version.tags[SELECTION_METRIC])
+    if version.run_id:
+        metrics = client.get_run(version.run_id).data.metrics
+        if SELECTION_METRIC in metrics:
+            return version.version, float(metrics[SELECTION_METRIC])
+    return version.version, float("-inf")
+
+
+def register_and_promote(
+    model_uri: str,
+    model_name: str,
+    score: float,
+    *,
+    run_id: str,
+    tags: Mapping[str, str] | None = None,
+) -> ChampionDecision:
+    """Register ``model_uri`` as a new version; give it ``@champion`` if it scores higher.
+
+    Args:
+        model_uri (str): URI of a logged model (``models:/<model_id>`` or ``runs:/...``).
+        model_name (str): registered model name (``skin-classifier``).
+        score (float): this model's validation macro-F1.
+        run_id (str): the training run (stored as a version tag).
+        tags (Mapping[str, str] | None): more version tags.
+
+    Returns:
+        ChampionDecision: the new version and whether it became champion (strictly
+        higher score than the current champion, or no champion yet).
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    previous = champion_score(client, model_name)
+    version_tags = {SELECTION_METRIC: f"{score:.6f}", "run_id": run_id, **(tags or {})}
+    version = mlflow.register_model(model_uri, model_name, tags=version_tags)
+    promoted = previous is None or score > previous[1]
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
+    return ChampionDecision(
+        model_name=model_name,
+        version=str(version.version),
+        promoted=promoted,
+        score=score,
+        previous_version=previous[0] if previous else None,
+        previous_score=previous[1] if previous else None,
+    )

@@ -1,0 +1,943 @@
+"""The training stage: ``skin-mlops train`` and :func:`run_training` (for Airflow).
+
+Top to bottom, one run does:
+
+1. **checks, before any work** - the MLflow store answers
+   (:func:`skin_mlops.modeling.tracking.connect`), the object store answers (the models
+   bucket is ensured), the metadata DB has rows (else: run ``skin-mlops ingest`` first),
+   every label in it is in the dataset config;
+2. **data** - ``lesions_data`` rows with status ``present`` of the ``train`` and ``val``
+   splits; label -> index from the config's label order; image bytes from the local file
+   when it is still there, else from ``settings.dataset_cache_dir``, else downloaded from
+   the object store into that cache; every byte string is checked against its SHA-256;
+3. **frozen features** - the backbone's output per (image, view), computed once and kept
+   in the feature cache (:mod:`skin_mlops.modeling.features`); ``views`` fixed augmented
+   views per training photo, the centre view for validation;
+4. **head** - trained on the cached features (a ``tf.data`` pipeline over the arrays),
+   class-balanced loss weights, seeded; an epoch costs milliseconds;
+5. **optional fine-tuning** (``--fine-tune-layers N``) - the top ``N`` backbone layers
+   unfrozen, lower learning rate, trained through the images (BatchNorm stays frozen);
+6. **evaluation** - temperature fitted on val, ECE before/after, per-class metrics,
+   confusion matrix and reliability diagram PNGs (:mod:`skin_mlops.modeling.evaluate`);
+7. **export** - backbone + head in one graph, ``model.keras`` + ``model.onnx`` checked
+   against each other (:mod:`skin_mlops.modeling.export`);
+8. **tracking** - everything logged to MLflow, the ONNX model registered as
+   ``skin-classifier`` (with ``signature.json`` and ``class_index.json``), the alias
+   ``champion`` moved only when the val macro-F1 beats the current champion's;
+9. **publish** - a new champion is published atomically to ``settings.model_dir``
+   (``runs/skin5-current``); every export is uploaded to the models bucket under
+   ``skin/models/<run_id>/``.
+
+TensorFlow, Keras and MLflow are imported inside functions: ``skin_mlops.cli`` imports
+this module at start and must stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from skin_mlops import preprocessing
+from skin_mlops.core.config import Settings, get_settings
+from skin_mlops.core.errors import ConfigError, DataError
+from skin_mlops.dataset_config import DatasetConfig, load_dataset_config
+
+if TYPE_CHECKING:
+    import keras
+
+    from skin_mlops.metadata import LesionRecord
+    from skin_mlops.modeling.backbones import Backbone
+    from skin_mlops.modeling.evaluate import Evaluation
+    from skin_mlops.modeling.export import ParityReport
+    from skin_mlops.storage import ObjectStore
+
+TRAIN_SPLIT = "train"
+VAL_SPLIT = "val"
+
+# The default recipe (measured on dermnet5; see the benchmarks/ scripts and the report).
+DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_VIEWS = 8
+DEFAULT_EPOCHS = 30
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_DROPOUT = 0.3
+DEFAULT_WEIGHT_DECAY = 1e-4
+DEFAULT_SEED = 42
+DEFAULT_FINE_TUNE_EPOCHS = 3
+FINE_TUNE_LR_FACTOR = 0.1
+PARITY_IMAGES = 16
+
+log = logging.getLogger(__name__)
+
+
+# --- options and result ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Hyper-parameters of one run (all logged as MLflow params)."""
+
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    backbone: str = DEFAULT_BACKBONE
+    backbone_options: tuple[tuple[str, str], ...] = ()
+    image_size: int = DEFAULT_IMAGE_SIZE
+    views: int = DEFAULT_VIEWS
+    dropout: float = DEFAULT_DROPOUT
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS
+    seed: int = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.learning_rate > 0, f"--learning-rate must be > 0 (got {self.learning_rate})"),
+            (1 <= self.views <= 64, f"--views must be between 1 and 64 (got {self.views})"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1) (got {self.dropout})"),
+            (
+                self.fine_tune_layers >= 0,
+                f"--fine-tune-layers must be >= 0 (got {self.fine_tune_layers})",
+            ),
+            (
+                self.fine_tune_epochs >= 1,
+                f"--fine-tune-epochs must be >= 1 (got {self.fine_tune_epochs})",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def fine_tune_learning_rate(self) -> float:
+        """The fine-tuning stage's (lower) learning rate."""
+        return self.learning_rate * FINE_TUNE_LR_FACTOR
+
+    @property
+    def backbone_options_key(self) -> str:
+        """``k=v,...`` of the backbone build options (part of the feature-cache key)."""
+        return ",".join(f"{k}={v}" for k, v in self.backbone_options)
+
+    def params(self) -> dict[str, Any]:
+        """Flat MLflow params."""
+        params = asdict(self)
+        params["backbone_options"] = self.backbone_options_key or "default"
+        params["fine_tune_learning_rate"] = (
+            self.fine_tune_learning_rate if self.fine_tune_layers else None
+        )
+        if not self.fine_tune_layers:
+            params.pop("fine_tune_epochs")
+        return params
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What one :func:`run_training` produced."""
+
+    run_id: str
+    experiment_id: str
+    model_name: str
+    model_version: str  # registry version of skin-classifier
+    export_version: str  # runs/skin5/<export_version>
+    promoted: bool
+    decision: str
+    metrics: dict[str, float]
+    temperature: float
+    published_dir: Path | None  # the version folder runs/skin5-current points to (if promoted)
+    export_uri: str  # s3://<models bucket>/skin/models/<run_id>/
+    dataset_fingerprint: str
+    features_extracted: int
+    features_reused: int
+    parity_max_abs_prob_diff: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def dataset_fingerprint(records: Sequence[LesionRecord]) -> str:
+    """SHA-256 of the sorted image hashes (with split and label: a relabel changes it)."""
+    lines = sorted(f"{r.sha256} {r.split} {r.label}" for r in records)
+    return sha256_bytes("\n".join(lines).encode())
+
+
+def load_records(config: DatasetConfig) -> dict[str, list[LesionRecord]]:
+    """The usable rows of ``lesions_data`` by split, checked against the config.
+
+    Raises:
+        DataError: no DB / no rows (run ingestion first), a label not in the config, an
+            empty split or a label without training images.
+    """
+    from skin_mlops.metadata import read_lesions
+
+    for split in (TRAIN_SPLIT, VAL_SPLIT):
+        if split not in config.splits:
+            raise ConfigError(
+                f"dataset config {config.source or ''} has no {split!r} split "
+                f"(training needs {TRAIN_SPLIT!r} and {VAL_SPLIT!r})"
+            )
+    records = read_lesions(
+        config.metadata_db, dataset=config.dataset, splits=[TRAIN_SPLIT, VAL_SPLIT]
+    )
+    if not records:
+        raise DataError(
+            f"no images of dataset {config.dataset!r} in the metadata DB "
+            f"{config.metadata_db}: run `skin-mlops ingest` first"
+        )
+    unknown = sorted({r.label for r in records} - set(config.labels))
+    if unknown:
+        raise DataError(
+            f"label(s) {', '.join(unknown)} in the metadata DB are not in the dataset config "
+            f"labels ({', '.join(config.labels)}); add them to the config or re-ingest"
+        )
+    by_split = {
+        split: [r for r in records if r.split == split] for split in (TRAIN_SPLIT, VAL_SPLIT)
+    }
+    for split, rows in by_split.items():
+        if not rows:
+            raise DataError(
+                f"no {split!r} images in the metadata DB: run `skin-mlops ingest` "
+                f"with --splits {TRAIN_SPLIT} {VAL_SPLIT}"
+            )
+    missing = [
+        label for label in config.labels if not any(r.label == label for r in by_split[TRAIN_SPLIT])
+    ]
+    if missing:
+        raise DataError(f"label(s) {', '.join(missing)} have no training images")
+    return by_split
+
+
+class ImageFetcher:
+    """Bytes of an ingested image: local file, else local cache, else the object store.
+
+    Every byte string is checked against the row's SHA-256; downloads are cached under
+    ``cache_dir/<sha[:2]>/<sha>`` (written atomically).
+    """
+
+    def __init__(self, store: ObjectStore, bucket: str, cache_dir: Path) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.cache_dir = Path(cache_dir)
+        self.downloaded = 0
+
+    def cache_path(self, sha256: str) -> Path:
+        """Where a downloaded image is kept."""
+        return self.cache_dir / sha256[:2] / sha256
+
+    def __call__(self, record: LesionRecord) -> bytes:
+        """The verified bytes of ``record``.
+
+        Raises:
+            StorageError: the object store failed. DataError: the object's bytes do not
+                match the recorded SHA-256.
+        """
+        for path in (
+            Path(record.source_path) if record.source_path else None,
+            self.cache_path(record.sha256),
+        ):
+            if path is not None and path.is_file():
+                data = path.read_bytes()
+                if sha256_bytes(data) == record.sha256:
+                    return data
+        data = self.store.get_bytes(self.bucket, record.object_key)
+        if sha256_bytes(data) != record.sha256:
+            raise DataError(
+                f"object {self.bucket}/{record.object_key} does not match its SHA-256 in the "
+                "metadata DB (re-run `skin-mlops ingest`)"
+            )
+        target = self.cache_path(record.sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+        self.downloaded += 1
+        return data
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """``n / (K * count_k)`` per class (scikit-learn's "balanced"): rare classes weigh more."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return {
+        k: float(len(labels) / (num_classes * counts[k])) if counts[k] else 0.0
+        for k in range(num_classes)
+    }
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+def make_progress(console: Console, enabled: bool = True) -> Progress:
+    """The rich progress used for extraction, epochs and export."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not enabled,
+    )
+
+
+def _epoch_callback(progress: Progress, task: Any, name: str, prefix: str = "") -> Any:
+    """A Keras callback: advance the rich bar and log epoch metrics to MLflow."""
+    import keras
+    import mlflow
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            metrics = {
+                f"{prefix}train_loss": logs.get("loss"),
+                f"{prefix}train_accuracy": logs.get("accuracy"),
+                f"{prefix}val_loss": logs.get("val_loss"),
+                f"{prefix}val_accuracy": logs.get("val_accuracy"),
+            }
+            metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+            if mlflow.active_run() is not None:
+                mlflow.log_metrics(metrics, step=epoch + 1)
+            progress.update(
+                task,
+                advance=1,
+                description=(
+                    f"{name} loss {logs.get('loss', 0):.3f} "
+                    f"val_acc {logs.get('val_accuracy', 0):.3f}"
+                ),
+            )
+
+    return EpochProgress()
+
+
+# --- model pieces ---------------------------------------------------------------------------
+
+
+def build_head(feature_dim: int, num_classes: int, options: TrainingOptions) -> keras.Model:
+    """Dropout -> Dense(``logits``): the classifier on top of the pooled features."""
+    import keras
+
+    features = keras.Input((feature_dim,), name="features")
+    x = keras.layers.Dropout(options.dropout, seed=options.seed, name="head_dropout")(features)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(features, logits, name="head")
+
+
+def _compile(model: keras.Model, learning_rate: float, weight_decay: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False,  # XLA on CPU is far slower for these graphs (see features.py)
+    )
+
+
+def feature_dataset(
+    features: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
+) -> Any:
+    """A ``tf.data`` pipeline over cached features ``[N, V, D]`` (every view is a sample)."""
+    import tensorflow as tf
+
+    n, views, dim = features.shape
+    x = features.reshape(n * views, dim)
+    y = np.repeat(labels, views).astype(np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_head(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    options: TrainingOptions,
+    progress: Progress,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train the head on cached features; return it and the per-epoch history."""
+    head = build_head(train_features.shape[-1], num_classes, options)
+    _compile(head, options.learning_rate, options.weight_decay)
+    task = progress.add_task("head epochs", total=options.epochs)
+    fit = head.fit(
+        feature_dataset(
+            train_features, train_labels, options.batch_size, shuffle=True, seed=options.seed
+        ),
+        validation_data=feature_dataset(
+            val_features, val_labels, 256, shuffle=False, seed=options.seed
+        ),
+        epochs=options.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
+        class_weight=class_weights(train_labels, num_classes),
+        callbacks=[_epoch_callback(progress, task, "head")],
+        verbose=0,
+    )
+    return head, _history(fit.history)
+
+
+def _history(keras_history: dict[str, list[float]]) -> dict[str, list[float]]:
+    names = {
+        "loss": "train_loss",
+        "accuracy": "train_accuracy",
+        "val_loss": "val_loss",
+        "val_accuracy": "val_accuracy",
+    }
+    return {
+        names[k]: [float(v) for v in values] for k, values in keras_history.items() if k in names
+    }
+
+
+def render_images(
+    refs: Sequence[Any], views: Sequence[str], size: int, progress: Progress, description: str
+) -> np.ndarray:
+    """uint8 pixel arrays ``[N * len(views), S, S, 3]`` (image-major) of cached views."""
+    from skin_mlops.modeling.features import render_views
+
+    out = np.empty((len(refs) * len(views), size, size, 3), dtype=np.uint8)
+    task = progress.add_task(description, total=len(refs))
+    for i, ref in enumerate(refs):
+        for j, array in enumerate(render_views(ref.load(), ref.sha256, views, size)):
+            out[i * len(views) + j] = array.astype(np.uint8)
+        progress.advance(task)
+    return out
+
+
+def fine_tune(
+    model: keras.Model,
+    backbone: Backbone,
+    train_pixels: np.ndarray,
+    train_labels: np.ndarray,
+    val_pixels: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    options: TrainingOptions,
+    progress: Progress,
+) -> dict[str, list[float]]:
+    """Unfreeze the top ``fine_tune_layers`` backbone layers and train through the images."""
+    import tensorflow as tf
+
+    from skin_mlops.modeling.backbones import unfreeze_top_layers
+
+    unfrozen = unfreeze_top_layers(backbone.model, options.fine_tune_layers)
+    if unfrozen == 0:
+        raise ConfigError(f"--fine-tune-layers {options.fine_tune_layers} unfreezes nothing")
+    _compile(model, options.fine_tune_learning_rate, options.weight_decay)
+
+    def pipeline(pixels: np.ndarray, labels: np.ndarray, shuffle: bool, batch: int) -> Any:
+        dataset = tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.int32)))
+        if shuffle:
+            dataset = dataset.shuffle(len(labels), seed=options.seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
+
+    task = progress.add_task("fine-tune epochs", total=options.fine_tune_epochs)
+    fit = model.fit(
+        pipeline(train_pixels, train_labels, True, options.batch_size),
+        validation_data=pipeline(val_pixels, val_labels, False, 32),
+        epochs=options.fine_tune_epochs,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
+        class_weight=class_weights(train_labels, num_classes),
+        callbacks=[_epoch_callback(progress, task, "fine-tune", prefix="finetune_")],
+        verbose=0,
+    )
+    backbone.model.trainable = False
+    return {f"finetune_{k}": v for k, v in _history(fit.history).items()}
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("mlflow", "alembic", "tf2onnx", "absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_training(
+    dataset_config: Path | str | None = None,
+    *,
+    settings: Settings | None = None,
+    options: TrainingOptions | None = None,
+    backbone: Backbone | None = None,
+    store: ObjectStore | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> TrainingResult:
+    """Train, evaluate, export, track and publish one model (see the module docstring).
+
+    Args:
+        dataset_config (Path | str | None): dataset config YAML (default
+            ``settings.dataset_config``).
+        settings (Settings | None): platform settings (default :func:`get_settings`).
+        options (TrainingOptions | None): hyper-parameters (default: the recipe).
+        backbone (Backbone | None): an already built backbone (tests use a tiny one);
+            default: ``build_backbone(options.backbone, image_size=options.image_size)``.
+        store (ObjectStore | None): object store (default: the one settings describe).
+        console (Console | None): where progress and the summary go.
+        show_progress (bool): draw rich progress bars.
+
+    Returns:
+        TrainingResult: run id, registry decision, metrics, export location, timings.
+
+    Raises:
+        SkinMlopsError: any problem a user can fix, as one line (see module docstring).
+    """
+    import keras
+    import mlflow
+
+    from skin_mlops import export_format
+    from skin_mlops.modeling import evaluate, export, tracking
+    from skin_mlops.modeling.features import (
+        CENTER_VIEW,
+        FeatureStore,
+        ImageRef,
+        extract_features,
+        view_ids,
+    )
+    from skin_mlops.storage import make_object_store
+
+    _quiet_libraries()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    settings = settings or get_settings()
+    options = options or TrainingOptions()
+    console = console or Console()
+    config = load_dataset_config(dataset_config or settings.dataset_config)
+    labels = list(config.labels)
+    label_index = config.label_to_index
+
+    # 1. checks, before any heavy work
+    with _timed(timings, "checks"):
+        experiment_id = tracking.connect(settings)
+        store = store or make_object_store(settings)
+        store.ensure_bucket(settings.s3_models_bucket)
+        records = load_records(config)
+
+    # 2. data
+    train_records, val_records = records[TRAIN_SPLIT], records[VAL_SPLIT]
+    fetch = ImageFetcher(store, config.storage.bucket, settings.dataset_cache_dir)
+
+    def refs(rows: Sequence[LesionRecord]) -> list[ImageRef]:
+        return [
+            ImageRef(r.sha256, (lambda r=r: fetch(r)), r.source_path or r.object_key) for r in rows
+        ]
+
+    train_refs, val_refs = refs(train_records), refs(val_records)
+    y_train = np.array([label_index[r.label] for r in train_records], dtype=np.int64)
+    y_val = np.array([label_index[r.label] for r in val_records], dtype=np.int64)
+    fingerprint = dataset_fingerprint(train_records + val_records)
+    counts = Counter((r.split, r.label) for r in train_records + val_records)
+
+    keras.utils.set_random_seed(options.seed)
+    progress = make_progress(console, show_progress)
+    with mlflow.start_run(experiment_id=experiment_id) as run, progress:
+        run_id = run.info.run_id
+        export_version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
+        params: dict[str, Any] = {
+            **options.params(),
+            "dataset": config.dataset,
+            "dataset_fingerprint": fingerprint,
+            "labels": ",".join(labels),
+            "preprocessing_id": preprocessing.PREPROCESSING_ID,
+            "git_commit": tracking.git_commit(),
+            "n_train": len(train_records),
+            "n_val": len(val_records),
+            **{
+                f"count_{split}_{label}": counts[(split, label)]
+                for split in (TRAIN_SPLIT, VAL_SPLIT)
+                for label in labels
+            },
+        }
+        mlflow.set_tags({"stage": "train", "dataset": config.dataset})
+
+        # 3. backbone and frozen features
+        with _timed(timings, "backbone"):
+            if backbone is None:
+                from skin_mlops.modeling.backbones import build_backbone
+
+                backbone = build_backbone(
+                    options.backbone,
+                    image_size=options.image_size,
+                    weights_cache_dir=settings.weights_cache_dir,
+                    **dict(options.backbone_options),
+                )
+        params.update(
+            backbone=backbone.name,
+            image_size=backbone.image_size,
+            backbone_weights_sha256=backbone.weights_sha256,
+            feature_dim=backbone.feature_dim,
+        )
+        tracking.log_params(params)
+        feature_store = FeatureStore(settings.feature_cache_dir)
+        with _timed(timings, "features"):
+            train_table = extract_features(
+                backbone,
+                train_refs,
+                options.views,
+                feature_store,
+                backbone_options=options.backbone_options_key,
+                progress=progress,
+                description=f"features train ({options.views} views)",
+            )
+            val_table = extract_features(
+                backbone,
+                val_refs,
+                1,
+                feature_store,
+                backbone_options=options.backbone_options_key,
+                progress=progress,
+                description="features val",
+            )
+        extracted = train_table.extracted + val_table.extracted
+        reused = train_table.reused + val_table.reused
+        mlflow.log_metrics(
+            {
+                "features_extracted": extracted,
+                "features_reused": reused,
+                "images_downloaded": fetch.downloaded,
+            }
+        )
+
+        # 4. head on cached features
+        with _timed(timings, "head_training"):
+            head, history = train_head(
+                train_table.features,
+                y_train,
+                val_table.features,
+                y_val,
+                len(labels),
+                options,
+                progress,
+            )
+        model = export.compose_model(backbone.model, head, backbone.image_size)
+        val_pixels = (
+            render_images(
+                val_refs, [CENTER_VIEW], backbone.image_size, progress, "decoding val images"
+            )
+            if options.fine_tune_layers
+            else None
+        )
+
+        # 5. optional fine-tuning through the images
+        if options.fine_tune_layers:
+            with _timed(timings, "fine_tuning"):
+                train_pixels = render_images(
+                    train_refs,
+                    view_ids(options.views),
+                    backbone.image_size,
+                    progress,
+                    "decoding train images",
+                )
+                history.update(
+                    fine_tune(
+                        model,
+                        backbone,
+                        train_pixels,
+                        np.repeat(y_train, options.views),
+                        val_pixels,
+                        y_val,
+                        len(labels),
+                        options,
+                        progress,
+                    )
+                )
+                del train_pixels
+                val_logits = export.keras_logits(model, val_pixels.astype(np.float32))
+        else:
+            val_logits = export.keras_logits(head, val_table.features[:, 0], batch_size=256)
+
+        # 6. evaluation and calibration
+        with _timed(timings, "evaluation"):
+            evaluation = evaluate.evaluate_logits(val_logits, y_val, labels)
+            metrics = evaluation.as_metrics()
+            metrics["train_accuracy_final"] = history["train_accuracy"][-1]
+            plots = _write_plots(evaluation, history, labels)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(plots), artifact_path="plots")
+
+        # 7. export (written to a staging folder, checked)
+        with _timed(timings, "export"):
+            parity_refs = val_refs[:PARITY_IMAGES]
+            parity_pixels = (
+                val_pixels[:PARITY_IMAGES].astype(np.float32)
+                if val_pixels is not None
+                else np.stack(
+                    [
+                        preprocessing.preprocess_bytes(ref.load(), backbone.image_size)
+                        for ref in parity_refs
+                    ]
+                )
+            )
+            if not options.fine_tune_layers:
+                _check_cache_consistency(model, parity_pixels, val_logits[:PARITY_IMAGES])
+            signature = export_format.ModelSignature(
+                model_version=export_version,
+                run_id=run_id,
+                backbone=backbone.name,
+                backbone_weights_sha256=backbone.weights_sha256,
+                image_size=backbone.image_size,
+                preprocessing_id=preprocessing.PREPROCESSING_ID,
+                labels=labels,
+                temperature=evaluation.temperature,
+                input=export_format.TensorSpec(
+                    name=export.INPUT_NAME,
+                    shape=[None, backbone.image_size, backbone.image_size, 3],
+                ),
+                output=export_format.TensorSpec(name=export.OUTPUT_NAME, shape=[None, len(labels)]),
+                metrics={k: round(v, 6) for k, v in metrics.items()},
+            )
+            staging = export_format.new_version_dir(Path(settings.model_dir), export_version)
+            try:
+                result = export.write_export(model, signature, staging, parity_pixels)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        parity: ParityReport = result.parity
+        mlflow.log_metrics(
+            {
+                "onnx_parity_max_abs_prob_diff": parity.max_abs_prob_diff,
+                "onnx_parity_max_abs_logit_diff": parity.max_abs_logit_diff,
+            }
+        )
+
+        # 8. tracking: models, metadata, registry
+        with _timed(timings, "tracking"):
+            mlflow_signature = tracking.mlflow_signature(backbone.image_size, len(labels))
+            mlflow.log_artifact(str(staging / export_format.CLASS_INDEX_FILE), "export/data")
+            mlflow.log_artifact(str(staging / export_format.SIGNATURE_FILE), "export/inference")
+            import mlflow.keras
+            import mlflow.onnx
+            import onnx
+
+            keras_info = mlflow.keras.log_model(
+                model,
+                name="keras-model",
+                signature=mlflow_signature,
+                pip_requirements=tracking.pinned_requirements("tensorflow-cpu", "keras"),
+            )
+            onnx_info = mlflow.onnx.log_model(
+                onnx.load(str(staging / export_format.ONNX_MODEL_FILE)),
+                name="onnx-model",
+                signature=mlflow_signature,
+                save_as_external_data=False,
+                pip_requirements=tracking.pinned_requirements("onnx", "onnxruntime"),
+                extra_files=[
+                    str(staging / export_format.SIGNATURE_FILE),
+                    str(staging / export_format.CLASS_INDEX_FILE),
+                ],
+            )
+            decision = tracking.register_and_promote(
+                onnx_info.model_uri,
+                settings.registered_model_name,
+                evaluation.report.macro_f1,
+                run_id=run_id,
+                tags={"export_version": export_version, "keras_model_uri": keras_info.model_uri},
+            )
+            mlflow.set_tags(
+                {
+                    "registered_model": decision.model_name,
+                    "registered_version": decision.version,
+                    "champion_decision": "promoted" if decision.promoted else "kept",
+                    "champion_decision_summary": decision.summary,
+                    "champion_previous_version": decision.previous_version or "none",
+                }
+            )
+            mlflow.log_metrics(
+                {
+                    "champion_candidate_val_macro_f1": decision.score,
+                    **(
+                        {"champion_previous_val_macro_f1": decision.previous_score}
+                        if decision.previous_score is not None
+                        and np.isfinite(decision.previous_score)
+                        else {}
+                    ),
+                }
+            )
+
+        # 9. upload every export; publish a new champion
+        with _timed(timings, "publish"):
+            export_uri = export.upload_export(store, settings.s3_models_bucket, run_id, staging)
+            mlflow.set_tag("export_uri", export_uri)
+            published: Path | None = None
+            if decision.promoted:
+                published = export.publish_export(result, Path(settings.model_dir))
+                mlflow.set_tag("published_dir", str(published))
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+        timings["total"] = round(time.perf_counter() - started, 3)
+        mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
+
+    training_result = TrainingResult(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_name=decision.model_name,
+        model_version=decision.version,
+        export_version=export_version,
+        promoted=decision.promoted,
+        decision=decision.summary,
+        metrics=metrics,
+        temperature=evaluation.temperature,
+        published_dir=published,
+        export_uri=export_uri,
+        dataset_fingerprint=fingerprint,
+        features_extracted=extracted,
+        features_reused=reused,
+        parity_max_abs_prob_diff=parity.max_abs_prob_diff,
+        timings=timings,
+    )
+    shutil.rmtree(plots, ignore_errors=True)
+    return training_result
+
+
+def _write_plots(
+    evaluation: Evaluation, history: dict[str, list[float]], labels: list[str]
+) -> Path:
+    from skin_mlops.modeling import evaluate
+
+    folder = Path(tempfile.mkdtemp(prefix="skin-train-plots-"))
+    evaluate.plot_confusion_matrix(
+        evaluation.report.confusion,
+        labels,
+        folder / "confusion_matrix.png",
+        title=f"val confusion matrix (acc {evaluation.report.accuracy:.3f}, "
+        f"macro-F1 {evaluation.report.macro_f1:.3f})",
+    )
+    evaluate.plot_reliability_diagram(evaluation, folder / "reliability_diagram.png")
+    evaluate.plot_training_curves(history, folder / "training_curves.png")
+    return folder
+
+
+def _check_cache_consistency(
+    model: keras.Model, pixels: np.ndarray, cached_logits: np.ndarray
+) -> None:
+    """The exported graph on real pixels must give the logits the cached features gave."""
+    from skin_mlops.modeling.evaluate import softmax
+    from skin_mlops.modeling.export import keras_logits
+
+    fresh = keras_logits(model, pixels)
+    gap = float(np.max(np.abs(softmax(fresh) - softmax(cached_logits)), initial=0.0))
+    if gap > 1e-3:
+        raise DataError(
+            f"the feature cache disagrees with the backbone (max |dp| = {gap:.2e}); "
+            "delete the feature cache folder and train again"
+        )
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def _print_summary(result: TrainingResult, labels: list[str], console: Console) -> None:
+    m = result.metrics
+    table = Table(title=f"run {result.run_id}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "val_ece_before_scaling",
+        "val_ece_after_scaling",
+        "temperature",
+    ):
+        table.add_row(key, f"{m[key]:.4f}")
+    for label in labels:
+        table.add_row(f"f1 {label}", f"{m[f'val_f1_{label}']:.3f}")
+    table.add_row(
+        "features extracted / reused", f"{result.features_extracted} / {result.features_reused}"
+    )
+    table.add_row("ONNX vs Keras max |dp|", f"{result.parity_max_abs_prob_diff:.1e}")
+    table.add_row("time (s)", f"{result.timings.get('total', 0):.1f}")
+    console.print(table)
+    console.print(result.decision, highlight=False)
+    if result.published_dir is not None:
+        console.print(f"published: {result.published_dir}", highlight=False)
+    console.print(f"uploaded: {result.export_uri}", highlight=False)
+
+
+def train_command(
+    dataset_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset-config", "-c", help="Dataset config YAML [default: DATASET_CONFIG]."
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Head training epochs.")] = DEFAULT_EPOCHS,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = DEFAULT_BATCH_SIZE,
+    learning_rate: Annotated[float, typer.Option(help="Head learning rate.")] = (
+        DEFAULT_LEARNING_RATE
+    ),
+    backbone: Annotated[
+        str, typer.Option(help="Backbone: efficientnet_lite0 or efficientnet_b0.")
+    ] = DEFAULT_BACKBONE,
+    image_size: Annotated[int, typer.Option(help="Input side S in pixels.")] = (DEFAULT_IMAGE_SIZE),
+    views: Annotated[
+        int, typer.Option(help="Cached views per training photo (1 = no augmentation).")
+    ] = DEFAULT_VIEWS,
+    fine_tune_layers: Annotated[
+        int, typer.Option(help="Unfreeze the top N backbone layers after the head (0 = off).")
+    ] = 0,
+    fine_tune_epochs: Annotated[
+        int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
+    ] = DEFAULT_FINE_TUNE_EPOCHS,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULT_SEED,
+) -> None:
+    """Train the classifier on the ingested images; log to MLflow; export and publish."""
+    options = TrainingOptions(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        backbone=backbone,
+        image_size=image_size,
+        views=views,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
+        seed=seed,
+    )
+    settings = get_settings()
+    console = Console()
+    config_path = dataset_config or settings.dataset_config
+    result = run_training(config_path, settings=settings, options=options, console=console)
+    _print_summary(result, load_dataset_config(config_path).labels, console)
