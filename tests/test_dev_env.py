@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -718,3 +720,104 @@ def test_ci_workflow_runs_the_ci_script() -> None:
     commands = "\n".join(str(s.get("run", "")) for s in steps)
     assert "pip install uv" in commands
     assert "bash .ci/run" in commands
+
+
+# --- the API image's install, for real (slow: builds a venv like the Dockerfile does) ----------
+
+
+def healthcheck_command(dockerfile: Path) -> str:
+    """The Python one-liner of a Dockerfile's ``HEALTHCHECK ... CMD python -c "<code>"``."""
+    (check,) = [rest for kw, rest in dockerfile_instructions(dockerfile) if kw == "HEALTHCHECK"]
+    match = re.search(r'CMD python -c "(.+)"$', check)
+    assert match, f"unexpected HEALTHCHECK form: {check}"
+    return match.group(1)
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_api_group_install_serves_health_without_tensorflow(tmp_path: Path) -> None:
+    """``uv sync --group serve`` (as in docker/api.Dockerfile) gives an environment where
+    the image's CMD (`skin-mlops serve`) starts and the image's HEALTHCHECK passes, with no
+    TensorFlow/Keras installed or imported."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv not on PATH")
+    venv = tmp_path / "venv"
+    env = {
+        **{k: v for k, v in os.environ.items() if k.upper() not in env_values()},
+        "UV_PROJECT_ENVIRONMENT": str(venv),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "VIRTUAL_ENV": str(venv),
+    }
+    sync = subprocess.run(
+        [uv, "sync", "--frozen", "--no-default-groups", "--group", "serve", "--no-editable"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert sync.returncode == 0, sync.stderr
+    python = venv / "bin" / "python"
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u, sys, skin_mlops.cli, skin_mlops.api.main; "
+            "print([m for m in ('tensorflow', 'keras', 'streamlit') if u.find_spec(m)], "
+            "sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[] []"
+
+    # Start it the way the image does (CMD skin-mlops serve, API_HOST/API_PORT from ENV),
+    # in an empty working directory (the image has no .env), and run the image's HEALTHCHECK.
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    port = unused_port()
+    run_env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+    }
+    health = healthcheck_command(DOCKER_DIR / "api.Dockerfile")
+    before = subprocess.run(
+        [str(python), "-c", health], env=run_env, capture_output=True, timeout=30
+    )
+    assert before.returncode != 0, "the healthcheck must fail while nothing listens"
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen(
+        [str(venv / "bin" / "skin-mlops"), "serve"],
+        cwd=workdir,
+        env=run_env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            check = subprocess.run(
+                [str(python), "-c", health], env=run_env, capture_output=True, timeout=30
+            )
+            if check.returncode == 0:
+                break
+            assert server.poll() is None, f"skin-mlops serve exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "healthcheck never passed within 60 s"
+            time.sleep(0.5)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
