@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,7 +49,13 @@ from rich.table import Table
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.core.errors import DataError, StorageError
 from skin_mlops.dataset_config import DatasetConfig, load_dataset_config
-from skin_mlops.metadata import LesionRecord, MetadataDB, SourceFileRecord, utc_now
+from skin_mlops.metadata import (
+    LesionRecord,
+    LesionStatus,
+    MetadataDB,
+    SourceFileRecord,
+    utc_now,
+)
 from skin_mlops.preprocessing import (
     CorruptImageError,
     EmptyImageError,
@@ -270,7 +276,7 @@ def scan_label_folder(
                 continue
             found.append(
                 ScannedFile(
-                    Path(entry.path).as_posix(),
+                    entry.path if os.sep == "/" else Path(entry.path).as_posix(),
                     split,
                     label,
                     st.st_size,
@@ -410,7 +416,7 @@ class _Ingestion:
         self.uploads: deque[_PendingUpload] = deque()
         self.batch_rows: list[LesionRecord] = []
         self.batch_cache: list[SourceFileRecord] = []
-        self.batch_states: list[tuple[tuple[str, str, str], str, str]] = []
+        self.batch_states: list[tuple[tuple[str, str, str], LesionStatus, str]] = []
         self.on_disk: set[str] = set()
         self.last_commit = time.monotonic()
 
@@ -432,9 +438,7 @@ class _Ingestion:
             if not self.dry_run:
                 self.reconcile_store()
             self.summary.rows_missing_total = sum(
-                1
-                for r in self.db.lesions(self.config.dataset).values()
-                if r.status == "missing" and r.split in self.splits
+                1 for r in self.rows.values() if r.status == "missing" and r.split in self.splits
             )
         self.summary.duration_s = round(time.perf_counter() - started, 3)
         return self.summary
@@ -595,7 +599,7 @@ class _Ingestion:
             counts.unchanged += 1
             if row.status == "missing" or row.source_path not in self.on_disk:
                 # The file came back, or the image now lives under another name.
-                status = "present" if row.status == "missing" else row.status
+                status: LesionStatus = "present" if row.status == "missing" else row.status
                 self.batch_states.append((ident, status, scanned.path))
             if future is not None:
                 self.batch_cache.append(cache_record)
@@ -677,10 +681,8 @@ class _Ingestion:
             for record in self.batch_rows:
                 self.db.upsert_lesion(record)
                 self.rows[(record.split, record.label, record.sha256)] = record
-            for (split, label, sha), status, path in self.batch_states:
-                self.db.set_lesion_state(
-                    self.config.dataset, split, label, sha, status=status, source_path=path
-                )  # type: ignore[arg-type]
+            for ident, status, path in self.batch_states:
+                self._set_state(ident, status, path)
             self.db.upsert_source_files(self.batch_cache)
         self.batch_rows.clear()
         self.batch_cache.clear()
@@ -699,13 +701,26 @@ class _Ingestion:
 
     def mark_missing(self) -> None:
         """Rows of the scanned splits whose bytes are no longer on disk become ``missing``."""
-        with self.db.transaction():
-            for ident, row in self.rows.items():
-                if row.split not in self.splits or ident in self.seen or row.status == "missing":
-                    continue
-                self.db.set_lesion_state(self.config.dataset, *ident, status="missing")
-                self.summary.label_counts(row.split, row.label).missing += 1
-        self.rows = self.db.lesions(self.config.dataset)
+        vanished = [
+            ident
+            for ident, row in self.rows.items()
+            if row.split in self.splits and ident not in self.seen and row.status != "missing"
+        ]
+        if vanished:
+            with self.db.transaction():
+                for ident in vanished:
+                    self._set_state(ident, "missing")
+                    self.summary.label_counts(ident[0], ident[1]).missing += 1
+
+    def _set_state(
+        self, ident: tuple[str, str, str], status: LesionStatus, source_path: str | None = None
+    ) -> None:
+        """Change a row's status/source (inside a transaction) and the in-memory copy."""
+        self.db.set_lesion_state(
+            self.config.dataset, *ident, status=status, source_path=source_path
+        )
+        row = self.rows[ident]
+        self.rows[ident] = replace(row, status=status, source_path=source_path or row.source_path)
 
     def find_conflicts_and_leakage(self) -> None:
         """Same bytes under two labels: conflict (marked); in two splits: leakage (listed)."""
@@ -728,13 +743,15 @@ class _Ingestion:
                 for p in where:
                     if p.split in self.splits:
                         self.summary.label_counts(p.split, p.label).leakage += 1
-        with self.db.transaction():
-            for (split, label, sha), row in self.rows.items():
-                if row.status == "missing":
-                    continue
-                wanted = "conflict" if sha in conflicting else "present"
-                if row.status != wanted:
-                    self.db.set_lesion_state(self.config.dataset, split, label, sha, status=wanted)
+        changes: list[tuple[tuple[str, str, str], LesionStatus]] = []
+        for ident, row in self.rows.items():
+            wanted: LesionStatus = "conflict" if ident[2] in conflicting else "present"
+            if row.status != "missing" and row.status != wanted:
+                changes.append((ident, wanted))
+        if changes:
+            with self.db.transaction():
+                for ident, wanted in changes:
+                    self._set_state(ident, wanted)
 
     def reconcile_store(self) -> None:
         """Objects without rows (crash leftovers): adopt or delete; rows without objects: drop.
@@ -743,15 +760,21 @@ class _Ingestion:
         exactly the listing taken at the start plus this run's uploads.
         """
         assert self.store is not None
-        rows_by_key = {row.object_key: row for row in self.db.lesions(self.config.dataset).values()}
-        all_row_keys = self.db.all_object_keys()
+        rows_by_key = {row.object_key: ident for ident, row in self.rows.items()}
+        all_row_keys = set(rows_by_key) | self.db.object_keys_of_other_datasets(self.config.dataset)
         own_prefixes = tuple(self._split_prefix(split) for split in self.splits)
         for key in sorted(self.keys_in_store - all_row_keys):
             if key.startswith(own_prefixes):
                 self._reconcile_orphan(key)
-        with self.db.transaction():
-            for key, row in rows_by_key.items():
-                if row.split in self.splits and key not in self.keys_in_store:
+        lost = [
+            (key, ident)
+            for key, ident in rows_by_key.items()
+            if ident[0] in self.splits and key not in self.keys_in_store
+        ]
+        if lost:
+            with self.db.transaction():
+                for key, ident in lost:
+                    row = self.rows.pop(ident)
                     self.db.delete_lesion_by_key(key)
                     self.summary.problems.append(
                         Problem(

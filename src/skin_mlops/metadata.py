@@ -207,6 +207,13 @@ class MetadataDB:
         """Every ``object_key`` in the DB, whatever its dataset or status."""
         return {row[0] for row in self.conn.execute("SELECT object_key FROM lesions_data")}
 
+    def object_keys_of_other_datasets(self, dataset: str) -> set[str]:
+        """Object keys of rows that belong to other datasets (they share the DB/bucket)."""
+        rows = self.conn.execute(
+            "SELECT object_key FROM lesions_data WHERE dataset != ?", (dataset,)
+        )
+        return {row[0] for row in rows}
+
     def source_files(self, dataset: str, splits: Iterable[str]) -> dict[str, SourceFileRecord]:
         """The scan cache of the given splits, keyed by path."""
         splits = list(splits)
