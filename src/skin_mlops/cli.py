@@ -29,6 +29,9 @@ app = typer.Typer(
 from skin_mlops.dataset import ingest_command  # noqa: E402
 
 app.command("ingest")(ingest_command)
+from skin_mlops.modeling.train import train_command  # noqa: E402
+
+app.command("train")(train_command)
 from skin_mlops.api.cli import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
