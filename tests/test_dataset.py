@@ -554,3 +554,59 @@ def test_cli_exit_codes(raw_dataset: RawDataset) -> None:
         "error: dataset config not found: nope.yaml (pass --config <yaml>)"
     ]
     assert "Traceback" not in bad.stderr
+
+
+# --- crash safety (slow) ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_a_clean_run_leaves_db_and_store_in_agreement(
+    raw_dataset: RawDataset,
+) -> None:
+    """Kill ``skin-mlops ingest`` with SIGKILL 5 times at random moments, rerun cleanly:
+    rows == objects == files, zero orphans, no temp files."""
+    import random
+    import signal
+    import time
+
+    script = _console_script()
+    rng = random.Random(1234)
+    for index in range(800):
+        label = raw_dataset.labels[index % 3]
+        write_image(
+            raw_dataset.raw
+            / ("val" if index % 5 == 0 else "train")
+            / label
+            / f"img_{index:04d}.jpg",
+            seed=index,
+            size=(320, 240),
+        )
+    env = {**os.environ, "LOCAL_OBJECT_ROOT": str(raw_dataset.objects)}
+    command = [script, "ingest", "--config", str(raw_dataset.config_path)]
+    killed = 0
+    for _ in range(5):
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=raw_dataset.root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.3, 3.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        process.wait()
+    assert killed >= 3  # most runs were really interrupted
+    clean = subprocess.run(command, env=env, cwd=raw_dataset.root, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+
+    records = rows(raw_dataset)
+    assert len(records) == 800 and all(r.status == "present" for r in records)
+    assert_store_matches_db(raw_dataset)  # same keys, right bytes: no orphan, no dangling row
+    per_folder = {(f.parent.parent.name, f.parent.name) for f in raw_dataset.image_files()}
+    for split, label in per_folder:
+        on_disk = len(list((raw_dataset.raw / split / label).iterdir()))
+        assert sum(1 for r in records if (r.split, r.label) == (split, label)) == on_disk
+    incoming = raw_dataset.objects / ".incoming"
+    assert not incoming.exists() or list(incoming.iterdir()) == []

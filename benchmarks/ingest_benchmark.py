@@ -1,0 +1,282 @@
+"""Ingestion speed: first run vs ``sha256sum`` + ``cp`` of the same files, and a no-change rerun.
+
+Usage (from the repo root)::
+
+    uv run python benchmarks/ingest_benchmark.py [--images 10000] [--pools]
+
+1. Generates (once, cached under ``benchmarks/out/jpeg<N>/``) N distinct 640x480 JPEGs in
+   ``data/raw/<split>/<label>/`` (80 % train, 20 % val, 5 labels), photo-like in size.
+2. Baseline, page cache warm: ``sha256sum`` of every file, then ``cp -r`` of the folder.
+3. First ingestion into a fresh local object store (in-process :func:`run_ingestion`).
+   Target: within 2x of the baseline.
+4. No-change rerun, in-process and through the ``skin-mlops ingest`` CLI.
+   Target: at least 20x faster than the first run.
+5. ``--pools``: the check stage (read + SHA-256 + decode) over 2,000 files with 1 thread,
+   N threads and a 2-process pool, to show which pool pays on this machine.
+
+Prints the figures side by side and writes ``benchmarks/out/ingest_benchmark.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+LABELS = ("acne", "actinic_keratosis", "atopic_dermatitis", "basal_cell_carcinoma", "lichen_planus")
+WIDTH, HEIGHT = 640, 480
+console = Console()
+
+
+# --- the generated data set ---------------------------------------------------------------------
+
+
+def _fields(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth colour fields and noise fields that combine into photo-like images."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    bases = np.empty((count, HEIGHT, WIDTH, 3), np.float32)
+    for i in range(count):
+        fx, fy, phase = rng.uniform(20, 90), rng.uniform(20, 90), rng.uniform(0, 6, 3)
+        for c in range(3):
+            bases[i, ..., c] = (
+                130
+                + 55 * np.sin(x / fx + phase[c]) * np.cos(y / fy - phase[c])
+                + 25 * np.sin((x + y) / (fx + fy) * 3 + c)
+            )
+    noises = rng.normal(0, 7, (count, HEIGHT, WIDTH, 3)).astype(np.float32)
+    return bases, noises
+
+
+def _write_chunk(args: tuple[Path, list[tuple[int, str, str]], int]) -> int:
+    """Encode one chunk of images (runs in a worker process)."""
+    root, items, seed = args
+    bases, noises = _fields(32, seed)
+    for index, split, label in items:
+        base = bases[index % 32]
+        noise = np.roll(noises[(index // 32) % 32], shift=index % 97, axis=1)
+        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+        # stamp the index into a corner so every file is distinct
+        pixels[:8, : 8 * 16] = 0
+        for bit in range(16):
+            if index >> bit & 1:
+                pixels[:8, bit * 8 : bit * 8 + 8] = 255
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=85)
+        target = root / split / label / f"img_{index:05d}.jpg"
+        target.write_bytes(buffer.getvalue())
+    return len(items)
+
+
+def generated_set(count: int) -> Path:
+    """``benchmarks/out/jpeg<count>/data/raw`` (generated on first use, then reused)."""
+    base = OUT / f"jpeg{count}"
+    raw = base / "data" / "raw"
+    marker = base / "done.json"
+    if marker.exists():
+        return raw
+    shutil.rmtree(base, ignore_errors=True)
+    items = []
+    for index in range(count):
+        split = "val" if index % 5 == 4 else "train"
+        label = LABELS[index % len(LABELS)]
+        items.append((index, split, label))
+    for split in ("train", "val"):
+        for label in LABELS:
+            (raw / split / label).mkdir(parents=True, exist_ok=True)
+    chunks = [(raw, items[i : i + 250], i) for i in range(0, count, 250)]
+    with Progress(console=console) as bar, ProcessPoolExecutor(os.cpu_count() or 2) as pool:
+        task = bar.add_task(f"generating {count} JPEGs {WIDTH}x{HEIGHT}", total=count)
+        for written in pool.map(_write_chunk, chunks):
+            bar.advance(task, written)
+    marker.write_text(json.dumps({"count": count, "size": [WIDTH, HEIGHT]}))
+    return raw
+
+
+def all_files(raw: Path) -> list[Path]:
+    return sorted(p for p in raw.rglob("*") if p.is_file())
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+def timed(command: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def baseline(raw: Path, scratch: Path) -> tuple[float, float]:
+    """Seconds for ``sha256sum`` of every file, then for ``cp -r`` of the tree."""
+    copy = scratch / "cp-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    hashing = timed(f"find '{raw}' -type f -print0 | xargs -0 sha256sum > /dev/null")
+    copying = timed(f"cp -r '{raw}' '{copy}'")
+    shutil.rmtree(copy, ignore_errors=True)
+    return hashing, copying
+
+
+def write_config(work: Path, raw: Path) -> Path:
+    config = work / "dataset_config.yaml"
+    labels = "".join(f"  - {label}\n" for label in LABELS)
+    config.write_text(
+        f"dataset: bench\nsplits:\n  train: {raw / 'train'}\n  val: {raw / 'val'}\n"
+        f"labels:\n{labels}metadata_db: {work / 'metadata.db'}\n"
+        "storage:\n  bucket: skin-processed\n  prefix: skin\n"
+    )
+    return config
+
+
+def run_in_process(config: Path, objects: Path, workers: int | None = None):
+    """One ingestion; returns (summary, wall seconds, CPU seconds)."""
+    from skin_mlops.core.config import load_settings
+    from skin_mlops.dataset import run_ingestion
+
+    settings = load_settings(storage_backend="local", local_object_root=objects)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    summary = run_ingestion(config, ["train", "val"], settings=settings, workers=workers)
+    return summary, time.perf_counter() - wall0, time.process_time() - cpu0
+
+
+def run_cli(config: Path, objects: Path, work: Path) -> float:
+    script = Path(sys.executable).with_name("skin-mlops")
+    env = {**os.environ, "STORAGE_BACKEND": "local", "LOCAL_OBJECT_ROOT": str(objects)}
+    started = time.perf_counter()
+    subprocess.run(
+        [str(script), "ingest", "--config", str(config), "--splits", "train", "val"],
+        check=True,
+        env=env,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def _check(path: str) -> str:
+    from skin_mlops.dataset import check_file
+
+    return check_file(path, 40_000_000).sha256
+
+
+def compare_pools(files: list[Path]) -> dict[str, float]:
+    """Files/s of the check stage with 1 thread, 2x cores threads, and a process pool."""
+    paths = [str(p) for p in files]
+    cores = os.cpu_count() or 2
+    results = {}
+    for name, make in (
+        ("1 thread", lambda: ThreadPoolExecutor(1)),
+        (f"{2 * cores} threads", lambda: ThreadPoolExecutor(2 * cores)),
+        (f"{cores} processes", lambda: ProcessPoolExecutor(cores)),
+    ):
+        with make() as pool:
+            list(pool.map(_check, paths[:50]))  # warm up workers
+            started = time.perf_counter()
+            list(pool.map(_check, paths, chunksize=1 if "thread" in name else 32))
+            results[name] = len(paths) / (time.perf_counter() - started)
+    return results
+
+
+def plot(figures: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, seconds = list(figures), list(figures.values())
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    bars = ax.barh(names, seconds, color=["#888", "#888", "#2a7", "#27a", "#27a"][: len(names)])
+    ax.bar_label(bars, labels=[f"{s:.2f}s" for s in seconds], padding=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("wall seconds")
+    ax.set_title("Ingestion of the generated JPEG set (local backend)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--pools", action="store_true", help="also compare thread/process pools")
+    args = parser.parse_args()
+
+    raw = generated_set(args.images)
+    files = all_files(raw)
+    size_mb = sum(p.stat().st_size for p in files) / 1e6
+    console.print(
+        f"{len(files)} files, {size_mb:.0f} MB, mean {size_mb * 1e3 / len(files):.0f} kB; "
+        f"{os.cpu_count()} CPU cores"
+    )
+    timed(f"find '{raw}' -type f -exec cat {{}} + > /dev/null")  # warm the page cache for all
+
+    work = OUT / "ingest-run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    hashing, copying = baseline(raw, work)
+    config = write_config(work, raw)
+    objects = work / "objects"
+    first, first_wall, first_cpu = run_in_process(config, objects)
+    assert first.uploaded == len(files) and not first.failed, first.totals()
+    rerun, rerun_wall, _ = run_in_process(config, objects)
+    assert rerun.uploaded == 0 and rerun.totals().unchanged == len(files)
+    cli_rerun = run_cli(config, objects, work)
+
+    base = hashing + copying
+    table = Table(title=f"Ingestion benchmark: {len(files)} JPEGs {WIDTH}x{HEIGHT}")
+    table.add_column("what")
+    table.add_column("wall s", justify="right")
+    table.add_column("vs", justify="right")
+    table.add_row("sha256sum (all files)", f"{hashing:.2f}", "")
+    table.add_row("cp -r (all files)", f"{copying:.2f}", "")
+    table.add_row("baseline = sha256sum + cp", f"{base:.2f}", "1.00x")
+    table.add_row(
+        f"first ingestion (CPU {first_cpu / first_wall:.2f} cores busy)",
+        f"{first_wall:.2f}",
+        f"{first_wall / base:.2f}x baseline (target <= 2x)",
+    )
+    table.add_row(
+        "no-change rerun, in-process",
+        f"{rerun_wall:.3f}",
+        f"{first_wall / rerun_wall:.0f}x faster than first (target >= 20x)",
+    )
+    table.add_row(
+        "no-change rerun, `skin-mlops ingest` CLI",
+        f"{cli_rerun:.2f}",
+        f"{first_wall / cli_rerun:.1f}x faster (includes interpreter start)",
+    )
+    console.print(table)
+    figures = {
+        "sha256sum": hashing,
+        "cp -r": copying,
+        "baseline total": base,
+        "first ingestion": first_wall,
+        "no-change rerun": rerun_wall,
+    }
+    if args.pools:
+        rates = compare_pools(files[:2000])
+        pools = Table(title="check stage (read + SHA-256 + decode), 2,000 files")
+        pools.add_column("pool")
+        pools.add_column("files/s", justify="right")
+        for name, rate in rates.items():
+            pools.add_row(name, f"{rate:.0f}")
+        console.print(pools)
+    plot(figures, OUT / "ingest_benchmark.png")
+    console.print(f"plot: {OUT / 'ingest_benchmark.png'}")
+
+
+if __name__ == "__main__":
+    main()
