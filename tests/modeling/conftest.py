@@ -82,6 +82,7 @@ def write_colour_dataset(
     labels: tuple[str, ...] = COLOUR_LABELS,
     per_label: dict[str, int] | None = None,
     config_labels: tuple[str, ...] | None = None,
+    bucket: str = "skin-processed",
 ) -> ColourDataset:
     """Write ``per_label[split]`` JPEGs per label and split, and a config (absolute paths)."""
     per_label = per_label or {"train": 8, "val": 4}
@@ -98,9 +99,10 @@ def write_colour_dataset(
     config.write_text(
         "dataset: colours\n"
         f"splits:\n  train: {root / 'raw' / 'train'}\n  val: {root / 'raw' / 'val'}\n"
-        "labels:\n" + "".join(f"  - {label}\n" for label in listed)
+        "labels:\n"
+        + "".join(f"  - {label}\n" for label in listed)
         + f"metadata_db: {root / 'metadata' / 'skin_metadata.db'}\n"
-        "storage:\n  bucket: skin-processed\n  prefix: skin\n",
+        f"storage:\n  bucket: {bucket}\n  prefix: skin\n",
         encoding="utf-8",
     )
     return ColourDataset(root, config, labels)
@@ -134,3 +136,28 @@ def training_settings(root: Path, mlflow_template: Path | None = None, **overrid
     }
     values.update(overrides)
     return load_settings(**values)
+
+
+# --- the helpers as fixtures (test modules never import conftest) -------------------------
+
+
+@pytest.fixture(scope="session")
+def backbone_factory():
+    """:func:`make_tiny_backbone` (a fresh model: safe to fine-tune)."""
+    return make_tiny_backbone
+
+
+@pytest.fixture(scope="session")
+def colour_dataset_factory():
+    """:func:`write_colour_dataset`."""
+    return write_colour_dataset
+
+
+@pytest.fixture(scope="session")
+def settings_factory(mlflow_db_template: Path):
+    """:func:`training_settings` with a fresh copy of the migrated MLflow store."""
+
+    def make(root: Path, **overrides) -> Settings:
+        return training_settings(root, mlflow_db_template, **overrides)
+
+    return make

@@ -233,12 +233,12 @@ def champion_score(client: MlflowClient, model_name: str) -> tuple[str, float] |
     except MlflowException:
         return None
     if SELECTION_METRIC in version.tags:
-        return version.version, float(version.tags[SELECTION_METRIC])
+        return str(version.version), float(version.tags[SELECTION_METRIC])
     if version.run_id:
         metrics = client.get_run(version.run_id).data.metrics
         if SELECTION_METRIC in metrics:
-            return version.version, float(metrics[SELECTION_METRIC])
-    return version.version, float("-inf")
+            return str(version.version), float(metrics[SELECTION_METRIC])
+    return str(version.version), float("-inf")
 
 
 def register_and_promote(

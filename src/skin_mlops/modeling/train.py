@@ -2,10 +2,10 @@
 
 Top to bottom, one run does:
 
-1. **checks, before any work** - the MLflow store answers
-   (:func:`skin_mlops.modeling.tracking.connect`), the object store answers (the models
-   bucket is ensured), the metadata DB has rows (else: run ``skin-mlops ingest`` first),
-   every label in it is in the dataset config;
+1. **checks, before any heavy work** - the metadata DB has rows (else: run
+   ``skin-mlops ingest`` first) and every label in it is in the dataset config; the
+   MLflow store answers (:func:`skin_mlops.modeling.tracking.connect`); the object store
+   answers (the models bucket is ensured);
 2. **data** - ``lesions_data`` rows with status ``present`` of the ``train`` and ``val``
    splits; label -> index from the config's label order; image bytes from the local file
    when it is still there, else from ``settings.dataset_cache_dir``, else downloaded from
@@ -314,7 +314,11 @@ def make_progress(console: Console, enabled: bool = True) -> Progress:
 
 
 def _epoch_callback(progress: Progress, task: Any, name: str, prefix: str = "") -> Any:
-    """A Keras callback: advance the rich bar and log epoch metrics to MLflow."""
+    """A Keras callback: advance the rich bar and log epoch metrics to MLflow.
+
+    MLflow names: ``<prefix>train_loss``, ``<prefix>train_accuracy``, ``<prefix>val_loss``,
+    ``<prefix>val_accuracy`` with ``step`` = epoch (1-based).
+    """
     import keras
     import mlflow
 
@@ -404,7 +408,7 @@ def train_head(
         epochs=options.epochs,
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
         class_weight=class_weights(train_labels, num_classes),
-        callbacks=[_epoch_callback(progress, task, "head")],
+        callbacks=[_epoch_callback(progress, task, "head", prefix="epoch_")],
         verbose=0,
     )
     return head, _history(fit.history)
@@ -471,7 +475,7 @@ def fine_tune(
         epochs=options.fine_tune_epochs,
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
         class_weight=class_weights(train_labels, num_classes),
-        callbacks=[_epoch_callback(progress, task, "fine-tune", prefix="finetune_")],
+        callbacks=[_epoch_callback(progress, task, "fine-tune", prefix="finetune_epoch_")],
         verbose=0,
     )
     backbone.model.trainable = False
@@ -525,9 +529,6 @@ def run_training(
     Raises:
         SkinMlopsError: any problem a user can fix, as one line (see module docstring).
     """
-    import keras
-    import mlflow
-
     from skin_mlops import export_format
     from skin_mlops.modeling import evaluate, export, tracking
     from skin_mlops.modeling.features import (
@@ -551,10 +552,12 @@ def run_training(
 
     # 1. checks, before any heavy work
     with _timed(timings, "checks"):
+        records = load_records(config)
         experiment_id = tracking.connect(settings)
         store = store or make_object_store(settings)
         store.ensure_bucket(settings.s3_models_bucket)
-        records = load_records(config)
+    import keras
+    import mlflow
 
     # 2. data
     train_records, val_records = records[TRAIN_SPLIT], records[VAL_SPLIT]

@@ -1,0 +1,491 @@
+"""The training stage end to end on generated photos with a tiny backbone.
+
+One module-scoped sequence of three real runs against a real MLflow SQLite store and a
+local object store (ingested with the real ingestion):
+
+1. ``weak``   (1 epoch, tiny learning rate) - the first model: becomes champion;
+2. ``strong`` (enough epochs)               - beats it: takes ``@champion``, is published;
+   reuses every cached feature of run 1;
+3. ``weak`` again                           - worse: registered, but the alias, the
+   published folder and ``runs/skin5-current`` stay on run 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skin_mlops import export_format, preprocessing
+from skin_mlops.core.config import Settings
+from skin_mlops.core.errors import DataError, ServiceUnavailableError, StorageError
+from skin_mlops.dataset import run_ingestion
+from skin_mlops.metadata import read_lesions
+from skin_mlops.modeling.train import TrainingOptions, TrainingResult, run_training
+
+WEAK = TrainingOptions(epochs=1, learning_rate=1e-5, views=2, batch_size=8, seed=3)
+STRONG = TrainingOptions(epochs=12, learning_rate=0.05, views=2, batch_size=8, seed=3)
+N_TRAIN, N_VAL = 8 * 3, 4 * 3
+
+
+@dataclass
+class Workspace:
+    root: Path
+    config_path: Path
+    labels: tuple[str, ...]
+    settings: Settings
+    runs: list[TrainingResult]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, colour_dataset_factory, settings_factory, backbone_factory):
+    root = tmp_path_factory.mktemp("train")
+    dataset = colour_dataset_factory(root)
+    settings = settings_factory(root)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    backbone = backbone_factory()
+    runs = [
+        run_training(
+            dataset.config_path,
+            settings=settings,
+            options=options,
+            backbone=backbone,
+            show_progress=False,
+        )
+        for options in (WEAK, STRONG, WEAK)
+    ]
+    return Workspace(root, dataset.config_path, dataset.labels, settings, runs)
+
+
+def _client(settings: Settings):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+
+def test_the_strong_run_learns_the_colours(workspace: Workspace) -> None:
+    weak, strong, _ = workspace.runs
+    assert strong.metrics["val_macro_f1"] >= 0.9
+    assert strong.metrics["val_accuracy"] >= 0.9
+    assert weak.metrics["val_macro_f1"] < strong.metrics["val_macro_f1"]  # the premise below
+    assert 0.05 <= strong.temperature <= 20
+    assert strong.parity_max_abs_prob_diff <= 1e-4
+
+
+def test_champion_alias_moves_only_to_a_better_model(workspace: Workspace) -> None:
+    weak, strong, weak_again = workspace.runs
+    assert [r.model_version for r in workspace.runs] == ["1", "2", "3"]
+    assert [r.promoted for r in workspace.runs] == [True, True, False]
+    client = _client(workspace.settings)
+    champion = client.get_model_version_by_alias("skin-classifier", "champion")
+    assert str(champion.version) == "2" and champion.run_id == strong.run_id
+    kept = client.get_run(weak_again.run_id).data
+    assert kept.tags["champion_decision"] == "kept"
+    assert kept.tags["champion_previous_version"] == "2"
+    assert kept.metrics["champion_previous_val_macro_f1"] == pytest.approx(
+        strong.metrics["val_macro_f1"], abs=1e-6
+    )
+    assert kept.metrics["champion_candidate_val_macro_f1"] == pytest.approx(
+        weak_again.metrics["val_macro_f1"]
+    )
+    promoted = client.get_run(strong.run_id).data
+    assert promoted.tags["champion_decision"] == "promoted"
+    assert promoted.metrics["champion_previous_val_macro_f1"] == pytest.approx(
+        weak.metrics["val_macro_f1"], abs=1e-6
+    )
+
+
+def test_the_run_has_every_param_metric_and_artifact(workspace: Workspace) -> None:
+    strong = workspace.runs[1]
+    client = _client(workspace.settings)
+    run = client.get_run(strong.run_id)
+    params, metrics = run.data.params, run.data.metrics
+    for key in (
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "backbone",
+        "image_size",
+        "seed",
+        "views",
+        "dataset_fingerprint",
+        "git_commit",
+        "preprocessing_id",
+        "labels",
+    ):
+        assert key in params, key
+    assert params["epochs"] == "12" and params["backbone"] == "tiny_test"
+    assert params["image_size"] == "32" and params["learning_rate"] == "0.05"
+    for split, count in (("train", 8), ("val", 4)):
+        for label in workspace.labels:
+            assert params[f"count_{split}_{label}"] == str(count)
+    hashes = sorted(
+        r.sha256 for r in read_lesions(workspace.root / "metadata" / "skin_metadata.db")
+    )
+    assert params["dataset_fingerprint"] == strong.dataset_fingerprint
+    assert len(hashes) == N_TRAIN + N_VAL
+
+    for name in (
+        "epoch_train_loss",
+        "epoch_train_accuracy",
+        "epoch_val_loss",
+        "epoch_val_accuracy",
+    ):
+        history = client.get_metric_history(strong.run_id, name)
+        assert [m.step for m in history] == list(range(1, 13)), name
+    for key in (
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "temperature",
+        "val_ece_before_scaling",
+        "val_ece_after_scaling",
+        "onnx_parity_max_abs_prob_diff",
+    ):
+        assert key in metrics, key
+    for label in workspace.labels:
+        for kind in ("precision", "recall", "f1"):
+            assert f"val_{kind}_{label}" in metrics
+
+    artifacts = {a.path for a in client.list_artifacts(strong.run_id, "plots")}
+    assert artifacts == {
+        "plots/confusion_matrix.png",
+        "plots/reliability_diagram.png",
+        "plots/training_curves.png",
+    }
+    assert [a.path for a in client.list_artifacts(strong.run_id, "export/data")] == [
+        "export/data/class_index.json"
+    ]
+    assert [a.path for a in client.list_artifacts(strong.run_id, "export/inference")] == [
+        "export/inference/signature.json"
+    ]
+
+    logged = client.search_logged_models(
+        experiment_ids=[strong.experiment_id],
+        filter_string=f"source_run_id = '{strong.run_id}'",
+    )
+    assert sorted(m.name for m in logged) == ["keras-model", "onnx-model"]
+    version = client.get_model_version("skin-classifier", strong.model_version)
+    onnx_model = next(m for m in logged if m.name == "onnx-model")
+    assert onnx_model.model_id in version.source
+    assert float(version.tags["val_macro_f1"]) == pytest.approx(strong.metrics["val_macro_f1"])
+
+
+def test_registered_onnx_model_carries_its_metadata(workspace: Workspace) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(workspace.settings.mlflow_tracking_uri)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/skin-classifier@champion", dst_path=str(workspace.root / "download")
+        )
+    )
+    files = {p.name for p in local.rglob("*") if p.is_file()}
+    assert {"model.onnx", "signature.json", "class_index.json", "MLmodel"} <= files
+
+
+def test_published_export_is_complete_and_is_the_champion(workspace: Workspace) -> None:
+    strong = workspace.runs[1]
+    current = workspace.settings.model_dir
+    assert current.is_symlink()
+    folder = export_format.resolve_export_dir(current)
+    assert folder == strong.published_dir.resolve()
+    assert workspace.runs[2].published_dir is None
+    signature = export_format.read_signature(folder)
+    assert signature.run_id == strong.run_id
+    assert signature.labels == list(workspace.labels)
+    assert signature.temperature == pytest.approx(strong.temperature)
+    assert signature.image_size == 32
+    assert signature.preprocessing_id == preprocessing.PREPROCESSING_ID
+    assert signature.input.name == "image" and signature.output.name == "logits"
+    assert signature.metrics["val_macro_f1"] == pytest.approx(
+        strong.metrics["val_macro_f1"], abs=1e-6
+    )
+    assert (folder / export_format.KERAS_MODEL_FILE).is_file()
+    # no leftover staging folders
+    assert not list((folder.parent).glob(".*tmp*"))
+
+
+def test_onnx_and_keras_exports_agree_on_generated_images(workspace: Workspace) -> None:
+    import keras
+
+    from skin_mlops.modeling.evaluate import softmax
+    from skin_mlops.modeling.export import onnx_logits, onnx_session
+
+    folder = export_format.resolve_export_dir(workspace.settings.model_dir)
+    signature = export_format.read_signature(folder)
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+    reloaded = keras.saving.load_model(folder / export_format.KERAS_MODEL_FILE)
+    keras_probs = softmax(np.asarray(reloaded(images, training=False)), signature.temperature)
+    onnx_probs = softmax(
+        onnx_logits(onnx_session(folder / export_format.ONNX_MODEL_FILE), images),
+        signature.temperature,
+    )
+    assert np.max(np.abs(keras_probs - onnx_probs)) <= 1e-4
+    assert (keras_probs.argmax(1) == onnx_probs.argmax(1)).all()
+
+
+def test_every_export_is_uploaded_under_its_run_id(workspace: Workspace) -> None:
+    from skin_mlops.storage import make_object_store
+
+    store = make_object_store(workspace.settings)
+    for run in workspace.runs:
+        prefix = f"skin/models/{run.run_id}/"
+        assert run.export_uri == f"s3://models-registry/{prefix}"
+        keys = set(store.list_keys("models-registry", prefix))
+        assert keys == {
+            prefix + str(p)
+            for p in (
+                export_format.CLASS_INDEX_FILE,
+                export_format.SIGNATURE_FILE,
+                export_format.KERAS_MODEL_FILE,
+                export_format.ONNX_MODEL_FILE,
+            )
+        }
+
+
+def test_later_runs_reuse_the_feature_cache(workspace: Workspace) -> None:
+    first, second, third = workspace.runs
+    total = N_TRAIN * 2 + N_VAL  # 2 views per training photo, centre view for val
+    assert (first.features_extracted, first.features_reused) == (total, 0)
+    assert (second.features_extracted, second.features_reused) == (0, total)
+    assert third.features_extracted == 0
+    assert first.dataset_fingerprint == second.dataset_fingerprint == third.dataset_fingerprint
+
+
+# --- downloads from S3 (moto_server), fine-tuning ----------------------------------------
+
+
+def test_images_come_from_the_object_store_when_files_are_gone(
+    tmp_path,
+    moto_endpoint,
+    colour_dataset_factory,
+    settings_factory,
+    backbone_factory,
+) -> None:
+    from skin_mlops.storage import make_object_store
+
+    suffix = uuid.uuid4().hex[:8]
+    dataset = colour_dataset_factory(
+        tmp_path, per_label={"train": 3, "val": 2}, bucket=f"processed-{suffix}"
+    )
+    settings = settings_factory(
+        tmp_path,
+        storage_backend="s3",
+        s3_endpoint_url=moto_endpoint,
+        minio_root_user="test",
+        minio_root_password="test",
+        s3_models_bucket=f"models-{suffix}",
+    )
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    for image in (tmp_path / "raw").rglob("*.jpg"):
+        image.unlink()
+
+    result = run_training(
+        dataset.config_path,
+        settings=settings,
+        show_progress=False,
+        options=TrainingOptions(epochs=2, views=1, batch_size=4),
+        backbone=backbone_factory(),
+    )
+    records = read_lesions(dataset.db_path)
+    assert len(records) == 15
+    for record in records:  # downloaded, verified, cached by content hash
+        cached = settings.dataset_cache_dir / record.sha256[:2] / record.sha256
+        assert hashlib.sha256(cached.read_bytes()).hexdigest() == record.sha256
+    run = _client(settings).get_run(result.run_id)
+    assert run.data.metrics["images_downloaded"] == 15
+    store = make_object_store(settings)
+    keys = set(store.list_keys(f"models-{suffix}", f"skin/models/{result.run_id}/"))
+    assert f"skin/models/{result.run_id}/model/model.onnx" in keys
+
+
+def test_fine_tuning_trains_the_top_of_the_backbone(
+    tmp_path,
+    colour_dataset_factory,
+    settings_factory,
+    backbone_factory,
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 4, "val": 2})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    backbone = backbone_factory(seed=5)
+    top_before = backbone.model.get_layer("tiny_conv2").get_weights()[0].copy()
+    bottom_before = backbone.model.get_layer("tiny_conv").get_weights()[0].copy()
+    options = TrainingOptions(
+        epochs=2, views=2, batch_size=4, learning_rate=0.05, fine_tune_layers=1, fine_tune_epochs=2
+    )
+    result = run_training(
+        dataset.config_path,
+        settings=settings,
+        options=options,
+        backbone=backbone,
+        show_progress=False,
+    )
+    assert not np.array_equal(backbone.model.get_layer("tiny_conv2").get_weights()[0], top_before)
+    np.testing.assert_array_equal(
+        backbone.model.get_layer("tiny_conv").get_weights()[0], bottom_before
+    )
+    client = _client(settings)
+    history = client.get_metric_history(result.run_id, "finetune_epoch_train_loss")
+    assert [m.step for m in history] == [1, 2]
+    assert client.get_run(result.run_id).data.params["fine_tune_layers"] == "1"
+    assert result.parity_max_abs_prob_diff <= 1e-4
+    signature = export_format.read_signature(result.published_dir)
+    assert signature.run_id == result.run_id
+
+
+# --- one-line errors -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_no_metadata_db_says_run_ingestion_first(
+    tmp_path, colour_dataset_factory, settings_factory, tiny_backbone
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 1, "val": 1})
+    with pytest.raises(DataError, match=r"run `skin-mlops ingest` first"):
+        run_training(
+            dataset.config_path,
+            settings=settings_factory(tmp_path),
+            backbone=tiny_backbone,
+            show_progress=False,
+        )
+
+
+def test_empty_metadata_db_says_run_ingestion_first(
+    tmp_path, colour_dataset_factory, settings_factory, tiny_backbone
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 0, "val": 0})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    with pytest.raises(DataError, match=r"no images .* run `skin-mlops ingest` first"):
+        run_training(
+            dataset.config_path, settings=settings, backbone=tiny_backbone, show_progress=False
+        )
+
+
+def test_label_in_db_but_not_in_config(
+    tmp_path, colour_dataset_factory, settings_factory, tiny_backbone
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 1, "val": 1})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    narrowed = colour_dataset_factory(
+        tmp_path, per_label={}, config_labels=("red_lesion", "green_lesion")
+    )
+    with pytest.raises(
+        DataError,
+        match=r"blue_lesion in the metadata DB are not in the "
+        r"dataset config",
+    ):
+        run_training(
+            narrowed.config_path, settings=settings, backbone=tiny_backbone, show_progress=False
+        )
+
+
+def test_unreachable_mlflow_is_one_line(
+    tmp_path, colour_dataset_factory, settings_factory, tiny_backbone
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 1, "val": 1})
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings_factory(tmp_path))
+    uri = f"http://127.0.0.1:{_free_port()}"
+    settings = settings_factory(tmp_path, mlflow_tracking_uri=uri)
+    with pytest.raises(ServiceUnavailableError, match=r"MLflow tracking server .* unreachable"):
+        run_training(
+            dataset.config_path, settings=settings, backbone=tiny_backbone, show_progress=False
+        )
+
+
+def test_unreachable_object_store_is_one_line(
+    tmp_path, colour_dataset_factory, settings_factory, tiny_backbone
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 1, "val": 1})
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings_factory(tmp_path))
+    settings = settings_factory(
+        tmp_path,
+        storage_backend="s3",
+        s3_endpoint_url=f"http://127.0.0.1:{_free_port()}",
+        minio_root_user="u",
+        minio_root_password="p",
+        s3_max_attempts=1,
+        s3_connect_timeout_s=1.0,
+    )
+    with pytest.raises(StorageError) as caught:
+        run_training(
+            dataset.config_path, settings=settings, backbone=tiny_backbone, show_progress=False
+        )
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_options_are_config_errors() -> None:
+    from skin_mlops.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--views"):
+        TrainingOptions(views=0)
+    with pytest.raises(ConfigError, match="--epochs"):
+        TrainingOptions(epochs=0)
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def _cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "skin_mlops.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_train_help_lists_the_options(tmp_path) -> None:
+    done = _cli(["train", "--help"], tmp_path, {"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    for option in (
+        "--dataset-config",
+        "--epochs",
+        "--batch-size",
+        "--learning-rate",
+        "--backbone",
+        "--image-size",
+        "--views",
+        "--fine-tune-layers",
+    ):
+        assert option in done.stdout
+
+
+def test_cli_train_without_ingestion_prints_one_red_line(
+    tmp_path, colour_dataset_factory, mlflow_db_template
+) -> None:
+    import shutil
+
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 1, "val": 1})
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "STORAGE_BACKEND": "local",
+        "LOCAL_OBJECT_ROOT": str(tmp_path / "objects"),
+        "COLUMNS": "300",
+    }
+    done = _cli(["train", "--dataset-config", str(dataset.config_path)], tmp_path, env)
+    assert done.returncode == 1
+    assert "run `skin-mlops ingest` first" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
