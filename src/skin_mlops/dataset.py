@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -909,25 +910,28 @@ def run_ingestion(
 
 def _print_summary(summary: IngestionSummary, console: Console) -> None:
     """A per-split, per-label table, then conflicts, leakage and problems."""
-    columns = [
-        "new",
-        "unchanged",
-        "not_an_image",
-        "corrupt",
-        "duplicates",
-        "conflicts",
-        "leakage",
-        "missing",
-        "errors",
-    ]
-    title = f"Ingestion of {summary.dataset}" + (" (dry run)" if summary.dry_run else "")
-    table = Table(title=title, show_footer=True)
     totals = summary.totals()
-    table.add_column("split", footer="total")
-    table.add_column("label")
+    headers = {
+        "new": "new",
+        "unchanged": "unchanged",
+        "not_an_image": "not image",
+        "corrupt": "corrupt",
+        "duplicates": "dupes",
+        "conflicts": "conflicts",
+        "leakage": "leakage",
+        "missing": "missing",
+        "errors": "errors",
+    }
+    # "missing" and "errors" only appear when something is missing or failed.
+    columns = [n for n in headers if n not in ("missing", "errors") or getattr(totals, n)]
+    title = f"Ingestion of {summary.dataset}" + (" (dry run)" if summary.dry_run else "")
+    table = Table(
+        title=title, show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
+    table.add_column("split", footer="total", no_wrap=True)
+    table.add_column("label", no_wrap=True)
     for name in columns:
-        value = getattr(totals, name)
-        table.add_column(name.replace("_", "-"), justify="right", footer=str(value))
+        table.add_column(headers[name], justify="right", footer=str(getattr(totals, name)))
     for split, labels in summary.counts.items():
         for label, counts in labels.items():
             cells = []
