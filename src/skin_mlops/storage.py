@@ -104,6 +104,7 @@ class LocalObjectStore:
     def __init__(self, root: Path | str, *, fsync: bool = False) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self._incoming_ready = False
 
     def __repr__(self) -> str:
         return f"LocalObjectStore({str(self.root)!r})"
@@ -126,17 +127,20 @@ class LocalObjectStore:
         return self._bucket_dir(bucket).joinpath(*validate_key(key).split("/"))
 
     def _temp_path(self) -> Path:
+        """A fresh temporary file name under ``<root>/.incoming`` (named after our pid)."""
         incoming = self.root / _INCOMING_DIR
-        incoming.mkdir(parents=True, exist_ok=True)
+        if not self._incoming_ready:
+            incoming.mkdir(parents=True, exist_ok=True)
+            self._incoming_ready = True
         return incoming / f"{os.getpid()}-{uuid.uuid4().hex}.part"
 
     def _publish(self, temp: Path, bucket: str, key: str) -> None:
         """Move a fully written temporary file into place under ``bucket/key``."""
         dest = self.object_path(bucket, key)
-        self._existing_bucket_dir(bucket)
         try:
             os.replace(temp, dest)
-        except FileNotFoundError:
+        except FileNotFoundError:  # first object of its folder (or no such bucket)
+            self._existing_bucket_dir(bucket)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, dest)
 
@@ -151,10 +155,13 @@ class LocalObjectStore:
                     handle.flush()
                     os.fsync(handle.fileno())
             self._publish(temp, bucket, key)
-        except OSError as exc:
-            raise StorageError(f"cannot write {bucket}/{key} under {self.root}: {exc}") from None
-        finally:
+        except BaseException as exc:
             temp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StorageError(
+                    f"cannot write {bucket}/{key} under {self.root}: {exc}"
+                ) from None
+            raise
 
     def put_file(self, bucket: str, key: str, path: Path) -> None:
         """Copy ``path`` to a temporary file, then rename it to ``bucket/key``."""
@@ -165,10 +172,11 @@ class LocalObjectStore:
                 with open(temp, "rb+") as handle:
                     os.fsync(handle.fileno())
             self._publish(temp, bucket, key)
-        except OSError as exc:
-            raise StorageError(f"cannot store {path} as {bucket}/{key}: {exc}") from None
-        finally:
+        except BaseException as exc:
             temp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot store {path} as {bucket}/{key}: {exc}") from None
+            raise
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         """Read ``bucket/key``."""
