@@ -7,8 +7,9 @@ version number) points at, asked from the registry on every poll: moving the ali
 Training logs, for a registered version, the ONNX model, ``signature.json`` and
 ``class_index.json`` (issue 3). We look for them, by file name, first among the registered
 model's own artifacts, then among its run's artifacts (a few levels deep), download only
-those three files, and lay them out as an export folder under
-``MODEL_CACHE_DIR/<name>-v<version>/`` (written to a temporary folder, then renamed), so
+those three files (plus the ONNX model's external-data files beside it), and lay them out
+as an export folder under ``MODEL_CACHE_DIR/<name>-v<version>/`` (written to a temporary
+folder, then renamed), so
 loading and validating is the same code as for ``runs/skin5-current``.
 
 Imports ``mlflow`` (``mlflow-skinny`` in the serve group) inside functions only.
@@ -74,6 +75,25 @@ def _find_files(artifact_uri: str, tracking_uri: str) -> dict[str, str]:
     return found
 
 
+_NOT_ONNX_DATA = (".json", ".yaml", ".yml", ".txt", ".keras", ".h5", ".pb", ".onnx", "MLmodel")
+
+
+def _onnx_companions(onnx_uri: str, tracking_uri: str) -> list[str]:
+    """Files beside the ONNX model that may hold its external tensor data (``*.data``...).
+
+    MLflow's ONNX flavour saves large initializers as external data next to
+    ``model.onnx``; ONNX Runtime needs those files in the same folder.
+    """
+    import mlflow.artifacts
+
+    folder = onnx_uri.rsplit("/", 1)[0]
+    return [
+        f"{folder}/{info.path.rsplit('/', 1)[-1]}"
+        for info in mlflow.artifacts.list_artifacts(artifact_uri=folder, tracking_uri=tracking_uri)
+        if not info.is_dir and not info.path.endswith(_NOT_ONNX_DATA)
+    ]
+
+
 class RegistrySource:
     """A model version in the MLflow registry, by alias or number."""
 
@@ -114,7 +134,8 @@ class RegistrySource:
         model_version = client.get_model_version(name, version)
         found = _find_files(client.get_model_version_download_uri(name, version), self.tracking_uri)
         if model_version.run_id and len(found) < len(_WANTED):
-            run_files = _find_files(f"runs:/{model_version.run_id}", self.tracking_uri)
+            run_artifacts = client.get_run(model_version.run_id).info.artifact_uri
+            run_files = _find_files(run_artifacts, self.tracking_uri)
             found = {**run_files, **found}
         missing = sorted(_WANTED.keys() - found.keys())
         if missing:
@@ -122,10 +143,15 @@ class RegistrySource:
                 f"registered model {key} has no {', '.join(missing)} among its artifacts "
                 f"or its run's"
             )
+        downloads = [(uri, _WANTED[file_name]) for file_name, uri in found.items()]
+        downloads += [
+            (uri, export_format.ONNX_MODEL_FILE.parent / uri.rsplit("/", 1)[-1])
+            for uri in _onnx_companions(found["model.onnx"], self.tracking_uri)
+        ]
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=self.cache_dir))
         try:
-            for file_name, artifact_uri in found.items():
+            for artifact_uri, relative in downloads:
                 downloaded = Path(
                     mlflow.artifacts.download_artifacts(
                         artifact_uri=artifact_uri,
@@ -133,7 +159,7 @@ class RegistrySource:
                         tracking_uri=self.tracking_uri,
                     )
                 )
-                destination = staging / _WANTED[file_name]
+                destination = staging / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(downloaded, destination)
             shutil.rmtree(staging / "download", ignore_errors=True)

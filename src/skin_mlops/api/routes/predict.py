@@ -13,6 +13,7 @@ from skin_mlops.api.services import Services, get_services, predict_bytes, read_
 router = APIRouter(tags=["prediction"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorResponse, "description": "malformed multipart body"},
     413: {"model": ErrorResponse, "description": "file or body too large, or too many pixels"},
     415: {"model": ErrorResponse, "description": "not a JPEG/PNG image"},
     422: {"model": ErrorResponse, "description": "empty, corrupt or truncated image; bad request"},
