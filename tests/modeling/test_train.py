@@ -13,6 +13,7 @@ local object store (ingested with the real ingestion):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -160,6 +161,13 @@ def test_the_run_has_every_param_metric_and_artifact(workspace: Workspace) -> No
         "plots/reliability_diagram.png",
         "plots/training_curves.png",
     }
+    confusion = client.download_artifacts(
+        strong.run_id, "evaluation/confusion_matrix.json", str(workspace.root / "cm")
+    )
+    matrix = json.loads(Path(confusion).read_text())["matrix"]
+    assert np.asarray(matrix).sum() == N_VAL and np.trace(matrix) == round(
+        strong.metrics["val_accuracy"] * N_VAL
+    )
     assert [a.path for a in client.list_artifacts(strong.run_id, "export/data")] == [
         "export/data/class_index.json"
     ]

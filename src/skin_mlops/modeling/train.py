@@ -700,6 +700,15 @@ def run_training(
             plots = _write_plots(evaluation, history, labels)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(plots), artifact_path="plots")
+        mlflow.log_dict(
+            {
+                "labels": labels,
+                "rows": "true label",
+                "columns": "predicted label",
+                "matrix": evaluation.report.confusion.tolist(),
+            },
+            "evaluation/confusion_matrix.json",
+        )
 
         # 7. export (written to a staging folder, checked)
         with _timed(timings, "export"):

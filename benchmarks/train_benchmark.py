@@ -1,0 +1,413 @@
+"""Training speed and quality on ``../shared/datasets/dermnet5``: cached features vs plain.
+
+Usage (from the repo root)::
+
+    uv run python benchmarks/train_benchmark.py compare [--epochs 10] [--views N]
+    uv run python benchmarks/train_benchmark.py default
+
+``compare`` (the issue's benchmark), in a fresh working directory outside the repo
+(``benchmarks/out/train-bench/``, default settings = everything under it):
+
+1. ``skin-mlops ingest`` of dermnet5 train+val (not timed as training);
+2. **cached, cold**: ``skin-mlops train --epochs E`` end to end as a subprocess (imports,
+   backbone, feature extraction, head, evaluation, ONNX export + parity, MLflow, publish);
+3. **cached, rerun** on unchanged data: the same command again (every feature cached);
+4. **plain**: the same model trained the usual way - Keras ``fit`` of backbone + head in
+   one graph with the backbone frozen, so every epoch recomputes the backbone on every
+   training image (same views, head, optimiser, class weights, batch size, epochs, seed,
+   per-epoch validation); timed from backbone build to val logits, no export/tracking.
+
+and prints wall times and val macro-F1 side by side (also ``train_benchmark.json`` and a
+bar chart ``train_benchmark.png`` in ``benchmarks/out/``).
+
+``default`` runs ``skin-mlops train`` with no hyper-parameter flags (the default recipe)
+in a fresh working directory with cold caches, and prints the val metrics, ECE before /
+after scaling, the confusion matrix and the wall time; the PNGs are copied to
+``benchmarks/out/default-run/``.
+
+Exits 2 when the shared data set is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets" / "dermnet5"
+OUT = REPO / "benchmarks" / "out"
+LABELS = ["acne", "actinic_keratosis", "atopic_dermatitis", "basal_cell_carcinoma", "lichen_planus"]
+console = Console()
+
+
+# --- a working directory that looks like a fresh checkout's ---------------------------
+
+
+def prepare_workdir(work: Path) -> Path:
+    """A clean folder with ``configs/dataset_config.yaml`` pointing at the shared photos."""
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "configs").mkdir(parents=True)
+    config = work / "configs" / "dataset_config.yaml"
+    config.write_text(
+        "dataset: dermnet5\n"
+        f"splits:\n  train: {SHARED / 'train'}\n  val: {SHARED / 'val'}\n"
+        "labels:\n"
+        + "".join(f"  - {label}\n" for label in LABELS)
+        + "metadata_db: data/metadata/skin_metadata.db\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without any platform setting (defaults = under the working dir)."""
+    from skin_mlops.core.config import Settings
+
+    fields = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in fields}
+    env.update(COLUMNS="120", TF_CPP_MIN_LOG_LEVEL="2")
+    return env
+
+
+def cli(work: Path, *args: str) -> float:
+    """Run ``skin-mlops <args>`` in ``work``; return the wall time (raise on failure)."""
+    script = Path(sys.executable).with_name("skin-mlops")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(script), *args], cwd=work, env=clean_env(), text=True, capture_output=True
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        console.print(done.stdout[-3000:], done.stderr[-3000:])
+        raise SystemExit(f"skin-mlops {' '.join(args)} failed ({done.returncode})")
+    tail = [line for line in done.stdout.splitlines() if line.strip()][-30:]
+    console.print("\n".join(tail), highlight=False)
+    return elapsed
+
+
+def latest_run(work: Path) -> dict:
+    """Params, metrics and tags of the newest MLflow run in the working dir's store."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'data' / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("skin-classifier")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], order_by=["start_time DESC"], max_results=1
+    )
+    return {
+        "run_id": run.info.run_id,
+        "params": run.data.params,
+        "metrics": run.data.metrics,
+        "tags": run.data.tags,
+    }
+
+
+# --- the plain way ------------------------------------------------------------------------
+
+
+def plain_training(work: Path, params: dict[str, str]) -> dict:
+    """Keras fit with the frozen backbone inside the graph (features recomputed per epoch)."""
+    import keras
+    import tensorflow as tf
+
+    from skin_mlops.metadata import read_lesions
+    from skin_mlops.modeling.backbones import build_backbone
+    from skin_mlops.modeling.evaluate import classification_report
+    from skin_mlops.modeling.export import compose_model, keras_logits
+    from skin_mlops.modeling.features import ImageRef, view_ids
+    from skin_mlops.modeling.train import (
+        TrainingOptions,
+        _compile,
+        build_head,
+        class_weights,
+        make_progress,
+        render_images,
+    )
+
+    options = TrainingOptions(
+        epochs=int(params["epochs"]),
+        batch_size=int(params["batch_size"]),
+        learning_rate=float(params["learning_rate"]),
+        image_size=int(params["image_size"]),
+        views=int(params["views"]),
+        dropout=float(params["dropout"]),
+        weight_decay=float(params["weight_decay"]),
+        seed=int(params["seed"]),
+    )
+    records = read_lesions(work / "data" / "metadata" / "skin_metadata.db", "dermnet5")
+    index = {label: i for i, label in enumerate(LABELS)}
+
+    def refs(split: str) -> tuple[list[ImageRef], np.ndarray]:
+        rows = [r for r in records if r.split == split]
+        return (
+            [ImageRef(r.sha256, (lambda p=r.source_path: Path(p).read_bytes())) for r in rows],
+            np.array([index[r.label] for r in rows]),
+        )
+
+    started = time.perf_counter()
+    train_refs, y_train = refs("train")
+    val_refs, y_val = refs("val")
+    keras.utils.set_random_seed(options.seed)
+    backbone = build_backbone(
+        "efficientnet_lite0",
+        image_size=options.image_size,
+        weights_cache_dir=work / ".cache" / "weights",
+    )
+    backbone.model.trainable = False
+    head = build_head(backbone.feature_dim, len(LABELS), options)
+    model = compose_model(backbone.model, head, options.image_size)
+    _compile(model, options.learning_rate, options.weight_decay)
+    with make_progress(console) as progress:
+        train_pixels = render_images(
+            train_refs,
+            view_ids(options.views),
+            options.image_size,
+            progress,
+            "plain: decoding train views",
+        )
+        val_pixels = render_images(
+            val_refs, ["center"], options.image_size, progress, "plain: decoding val"
+        )
+        decoded = time.perf_counter()
+
+        def pipeline(pixels: np.ndarray, labels: np.ndarray, shuffle: bool, batch: int):
+            dataset = tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.int32)))
+            if shuffle:
+                dataset = dataset.shuffle(
+                    len(labels), seed=options.seed, reshuffle_each_iteration=True
+                )
+            return dataset.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
+
+        task = progress.add_task("plain: epochs", total=options.epochs)
+        epoch_times: list[float] = []
+
+        class Tick(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                epoch_times.append(time.perf_counter() - self.t)
+                progress.update(
+                    task,
+                    advance=1,
+                    description=(
+                        f"plain: epoch {epoch + 1} val_acc {logs.get('val_accuracy', 0):.3f}"
+                    ),
+                )
+
+        model.fit(
+            pipeline(train_pixels, np.repeat(y_train, options.views), True, options.batch_size),
+            validation_data=pipeline(val_pixels, y_val, False, 256),
+            epochs=options.epochs,
+            shuffle=False,
+            verbose=0,
+            callbacks=[Tick()],
+            class_weight=class_weights(np.repeat(y_train, options.views), len(LABELS)),
+        )
+    logits = keras_logits(model, val_pixels.astype(np.float32), batch_size=64)
+    elapsed = time.perf_counter() - started
+    report = classification_report(y_val, logits.argmax(1), LABELS)
+    return {
+        "wall_s": elapsed,
+        "decode_s": decoded - started,
+        "epoch_s": epoch_times,
+        "val_macro_f1": report.macro_f1,
+        "val_accuracy": report.accuracy,
+    }
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def compare(epochs: int, views: int | None) -> dict:
+    work = OUT / "train-bench"
+    config = prepare_workdir(work)
+    t_ingest = cli(work, "ingest", "--config", str(config), "--splits", "train", "val")
+    flags = ["train", "--dataset-config", str(config), "--epochs", str(epochs)]
+    if views is not None:
+        flags += ["--views", str(views)]
+    t_cold = cli(work, *flags)
+    cold = latest_run(work)
+    t_warm = cli(work, *flags)
+    warm = latest_run(work)
+    plain = plain_training(work, cold["params"])
+    results = {
+        "machine": f"{os.cpu_count()}-core CPU",
+        "epochs": epochs,
+        "views": int(cold["params"]["views"]),
+        "n_train": int(cold["params"]["n_train"]),
+        "n_val": int(cold["params"]["n_val"]),
+        "ingest_s": t_ingest,
+        "cached_cold": {
+            "wall_s": t_cold,
+            "val_macro_f1": cold["metrics"]["val_macro_f1"],
+            "val_accuracy": cold["metrics"]["val_accuracy"],
+            "features_extracted": cold["metrics"]["features_extracted"],
+            "phases_s": {k[5:-2]: v for k, v in cold["metrics"].items() if k.startswith("time_")},
+        },
+        "cached_rerun": {
+            "wall_s": t_warm,
+            "val_macro_f1": warm["metrics"]["val_macro_f1"],
+            "val_accuracy": warm["metrics"]["val_accuracy"],
+            "features_extracted": warm["metrics"]["features_extracted"],
+            "phases_s": {k[5:-2]: v for k, v in warm["metrics"].items() if k.startswith("time_")},
+        },
+        "plain": plain,
+    }
+    table = Table(
+        title=f"train --epochs {epochs} on dermnet5 ({results['views']} views, "
+        f"{results['machine']})"
+    )
+    for column in (
+        "way",
+        "wall time (s)",
+        "speed-up vs plain",
+        "val macro-F1",
+        "val acc",
+        "features computed",
+    ):
+        table.add_column(column, justify="right")
+    for name, row, computed in (
+        (
+            "plain Keras fit (frozen backbone in graph)",
+            plain,
+            f"{(results['n_train'] * results['views'] + results['n_val']) * epochs}",
+        ),
+        (
+            "cached, cold (end to end, incl. export+MLflow)",
+            results["cached_cold"],
+            f"{int(results['cached_cold']['features_extracted'])}",
+        ),
+        (
+            "cached, rerun on unchanged data",
+            results["cached_rerun"],
+            f"{int(results['cached_rerun']['features_extracted'])}",
+        ),
+    ):
+        table.add_row(
+            name,
+            f"{row['wall_s']:.1f}",
+            f"{plain['wall_s'] / row['wall_s']:.1f}x",
+            f"{row['val_macro_f1']:.4f}",
+            f"{row['val_accuracy']:.4f}",
+            computed,
+        )
+    console.print(table)
+    console.print("cold run phases (s):", results["cached_cold"]["phases_s"], highlight=False)
+    console.print("rerun phases (s):", results["cached_rerun"]["phases_s"], highlight=False)
+    console.print(
+        f"plain: decode {plain['decode_s']:.1f} s, epochs "
+        f"{', '.join(f'{t:.0f}' for t in plain['epoch_s'])} s",
+        highlight=False,
+    )
+    (OUT / "train_benchmark.json").write_text(json.dumps(results, indent=2))
+    _plot(results)
+    return results
+
+
+def _plot(results: dict) -> None:
+    from matplotlib.figure import Figure
+
+    names = ["plain fit", "cached cold", "cached rerun"]
+    rows = [results["plain"], results["cached_cold"], results["cached_rerun"]]
+    figure = Figure(figsize=(9, 4))
+    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    left.bar(names, [r["wall_s"] for r in rows], color=["#999999", "#4C72B0", "#55A868"])
+    left.set_ylabel("wall time (s)")
+    left.set_title(f"train --epochs {results['epochs']} ({results['views']} views)")
+    right.bar(names, [r["val_macro_f1"] for r in rows], color=["#999999", "#4C72B0", "#55A868"])
+    right.set_ylim(0, 1)
+    right.set_title("val macro-F1")
+    figure.tight_layout()
+    figure.savefig(OUT / "train_benchmark.png", dpi=110)
+
+
+def default_run() -> dict:
+    work = OUT / "default-run-work"
+    config = prepare_workdir(work)
+    cli(work, "ingest", "--config", str(config), "--splits", "train", "val")
+    wall = cli(work, "train", "--dataset-config", str(config))
+    run = latest_run(work)
+    m = run["metrics"]
+    console.print(f"default training wall time: {wall:.1f} s ({wall / 60:.1f} min)")
+    for key in (
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "val_ece_before_scaling",
+        "val_ece_after_scaling",
+        "temperature",
+    ):
+        console.print(f"  {key}: {m[key]:.4f}")
+    for label in LABELS:
+        console.print(
+            f"  {label}: P {m[f'val_precision_{label}']:.3f} "
+            f"R {m[f'val_recall_{label}']:.3f} F1 {m[f'val_f1_{label}']:.3f}"
+        )
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'data' / 'mlflow' / 'mlflow.db'}")
+    confusion = json.loads(
+        Path(
+            client.download_artifacts(run["run_id"], "evaluation/confusion_matrix.json")
+        ).read_text()
+    )
+    table = Table(title="val confusion matrix (rows = true, columns = predicted)")
+    table.add_column("")
+    for label in LABELS:
+        table.add_column(label[:10], justify="right")
+    for label, row in zip(LABELS, confusion["matrix"], strict=True):
+        table.add_row(label, *(str(v) for v in row))
+    console.print(table)
+    target = OUT / "default-run"
+    target.mkdir(parents=True, exist_ok=True)
+    artifacts = work / "data" / "mlflow" / "artifacts"
+    for png in artifacts.rglob("*.png"):
+        if run["run_id"] in str(png):
+            shutil.copy(png, target / png.name)
+    result = {
+        "wall_s": wall,
+        "run_id": run["run_id"],
+        "params": run["params"],
+        "metrics": m,
+        "confusion_matrix": confusion["matrix"],
+    }
+    (target / "default_run.json").write_text(json.dumps(result, indent=2))
+    console.print(f"plots and metrics: {target}")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmp_parser = sub.add_parser("compare", help="cached vs plain training")
+    cmp_parser.add_argument("--epochs", type=int, default=10)
+    cmp_parser.add_argument("--views", type=int, default=None)
+    sub.add_parser("default", help="the default training run, cold caches")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        console.print(f"[red]{SHARED} not found: this benchmark needs the shared dermnet5 set")
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.command == "compare":
+        compare(args.epochs, args.views)
+    else:
+        default_run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
