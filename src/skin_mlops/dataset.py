@@ -33,7 +33,7 @@ import hashlib
 import os
 import re
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -567,15 +567,12 @@ class _Ingestion:
             counts.errors += 1
             self.summary.problems.append(Problem(scanned.path, "unreadable", checked.problem or ""))
             return
-        cache_record = scanned.cache_record(
-            self.config.dataset,
-            checked.sha256,
-            checked.kind,
-            width=checked.width,
-            height=checked.height,
-            format=checked.format,
-            problem=checked.problem,
-        )
+
+        def remember() -> None:
+            """Record a fresh read in the scan cache (a cache hit is already there)."""
+            if future is not None:
+                self.batch_cache.append(self._cache_record(scanned, checked))
+
         if checked.kind != "image":
             if checked.kind == "corrupt":
                 counts.corrupt += 1
@@ -584,15 +581,13 @@ class _Ingestion:
                 )
             else:
                 counts.not_an_image += 1
-            if future is not None:
-                self.batch_cache.append(cache_record)
+            remember()
             return
 
         ident = (scanned.split, scanned.label, checked.sha256)
         if ident in self.seen:
             counts.duplicates += 1
-            if future is not None:
-                self.batch_cache.append(cache_record)
+            remember()
             return
         self.seen[ident] = scanned.path
         row = self.rows.get(ident)
@@ -602,13 +597,12 @@ class _Ingestion:
                 # The file came back, or the image now lives under another name.
                 status: LesionStatus = "present" if row.status == "missing" else row.status
                 self.batch_states.append((ident, status, scanned.path))
-            if future is not None:
-                self.batch_cache.append(cache_record)
+            remember()
             return
 
         counts.new += 1
         if self.dry_run:
-            self.batch_cache.append(cache_record)
+            remember()
             return
         assert checked.data is not None and checked.format is not None
         key = row.object_key if row is not None else self._new_key(scanned, checked)
@@ -628,11 +622,22 @@ class _Ingestion:
         )
         assert self.store is not None
         upload = pool.submit(self.store.put_bytes, self.bucket, key, checked.data)
-        self.uploads.append(_PendingUpload(upload, record, cache_record))
+        self.uploads.append(_PendingUpload(upload, record, self._cache_record(scanned, checked)))
         while self.uploads and (
             len(self.uploads) > 2 * self.workers or self.uploads[0].future.done()
         ):
             self._finish_upload(self.uploads.popleft())
+
+    def _cache_record(self, scanned: ScannedFile, checked: CheckedFile) -> SourceFileRecord:
+        return scanned.cache_record(
+            self.config.dataset,
+            checked.sha256,
+            checked.kind,
+            width=checked.width,
+            height=checked.height,
+            format=checked.format,
+            problem=checked.problem,
+        )
 
     def _new_key(self, scanned: ScannedFile, checked: CheckedFile) -> str:
         assert checked.format is not None
@@ -679,8 +684,8 @@ class _Ingestion:
         if not (self.batch_rows or self.batch_cache or self.batch_states):
             return
         with self.db.transaction():
+            self.db.upsert_lesions(self.batch_rows)
             for record in self.batch_rows:
-                self.db.upsert_lesion(record)
                 self.rows[(record.split, record.label, record.sha256)] = record
             for ident, status, path in self.batch_states:
                 self._set_state(ident, status, path)
@@ -725,14 +730,15 @@ class _Ingestion:
 
     def find_conflicts_and_leakage(self) -> None:
         """Same bytes under two labels: conflict (marked); in two splits: leakage (listed)."""
-        places: dict[str, list[Place]] = {}
+        copies: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
         for (split, label, sha), path in self.seen.items():
-            places.setdefault(sha, []).append(Place(split, label, path))
+            copies[sha].append((split, label, path))
         for (split, label, sha), row in self.rows.items():
             if split not in self.splits and row.status != "missing":
-                places.setdefault(sha, []).append(Place(split, label, row.source_path))
+                copies[sha].append((split, label, row.source_path))
         conflicting: set[str] = set()
-        for sha, where in sorted(places.items()):
+        for sha in sorted(sha for sha, found in copies.items() if len(found) > 1):
+            where = [Place(*place) for place in copies[sha]]
             if len({p.label for p in where}) > 1:
                 conflicting.add(sha)
                 self.summary.conflicts.append(Finding(sha, where))

@@ -227,27 +227,34 @@ class MetadataDB:
     # -- writes (inside a transaction) -----------------------------------------------------
     def upsert_lesion(self, record: LesionRecord) -> None:
         """Insert a row, or refresh the row of the same ``(dataset, split, label, sha256)``."""
-        self.conn.execute(
+        self.upsert_lesions([record])
+
+    def upsert_lesions(self, records: Sequence[LesionRecord]) -> None:
+        """:meth:`upsert_lesion` for many rows in one statement."""
+        self.conn.executemany(
             f"INSERT INTO lesions_data ({_LESION_COLUMNS}, status_changed_at) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (dataset, split, label, sha256) DO UPDATE SET "
             "source_path = excluded.source_path, object_key = excluded.object_key, "
             "status = excluded.status, status_changed_at = excluded.status_changed_at",
-            (
-                record.sha256,
-                record.dataset,
-                record.split,
-                record.label,
-                record.source_path,
-                record.object_key,
-                record.size_bytes,
-                record.width,
-                record.height,
-                record.format,
-                record.ingested_at,
-                record.status,
-                record.ingested_at,
-            ),
+            [
+                (
+                    r.sha256,
+                    r.dataset,
+                    r.split,
+                    r.label,
+                    r.source_path,
+                    r.object_key,
+                    r.size_bytes,
+                    r.width,
+                    r.height,
+                    r.format,
+                    r.ingested_at,
+                    r.status,
+                    r.ingested_at,
+                )
+                for r in records
+            ],
         )
 
     def set_lesion_state(
