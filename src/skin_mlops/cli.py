@@ -11,10 +11,13 @@ one red line and turned into an exit code; anything else is a bug and keeps its 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from skin_mlops.core.config import get_settings
 from skin_mlops.core.errors import SkinMlopsError
 
 app = typer.Typer(
@@ -35,6 +38,40 @@ app.command("train")(train_command)
 from skin_mlops.api.cli import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
+
+
+@app.command("pipeline")
+def pipeline_command(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Dataset config YAML (default: DATASET_CONFIG)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Head epochs (default: train's).")] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Stop before training when ingestion reported corrupt files/conflicts."),
+    ] = False,
+) -> None:
+    """The main job: ingest data/raw (train + val), then train, evaluate, register, export."""
+    settings = get_settings()
+    config_path = config or settings.dataset_config
+    console = Console()
+    console.rule("[bold]1/2 ingest")
+    ingest_failed = False
+    try:
+        ingest_command(config=config_path, splits=["train", "val"], dry_run=False, more_splits=None)
+    except typer.Exit as exc:
+        ingest_failed = exc.exit_code != 0
+        if strict and ingest_failed:
+            raise
+        if ingest_failed:
+            console.print("[yellow]ingestion reported problems (above); training on what was "
+                          "ingested. Use --strict to stop instead.[/]")
+    console.rule("[bold]2/2 train")
+    train_kwargs = {} if epochs is None else {"epochs": epochs}
+    train_command(dataset_config=config_path, **train_kwargs)
+    if ingest_failed:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:
