@@ -272,6 +272,19 @@ def test_a_renamed_file_keeps_its_row_and_object(raw_dataset: RawDataset) -> Non
     assert Path(rows(raw_dataset)[0].source_path).name == "after.jpg"
 
 
+def test_a_row_follows_its_bytes_when_its_file_is_rewritten(raw_dataset: RawDataset) -> None:
+    first = raw_dataset.add("train", "acne", "a.jpg", seed=20)
+    shutil.copy(first, raw_dataset.raw / "train" / "acne" / "b.jpg")  # a duplicate
+    ingest(raw_dataset)
+    [row] = rows(raw_dataset)
+    assert Path(row.source_path).name == "a.jpg"
+    raw_dataset.add("train", "acne", "a.jpg", seed=21)  # a.jpg now holds other bytes
+    summary = ingest(raw_dataset)
+    assert (summary.totals().new, summary.totals().unchanged, summary.totals().missing) == (1, 1, 0)
+    old = next(r for r in rows(raw_dataset) if r.sha256 == row.sha256)
+    assert (Path(old.source_path).name, old.status) == ("b.jpg", "present")
+
+
 def test_dry_run_never_touches_the_store(raw_dataset: RawDataset) -> None:
     populate(raw_dataset)
     closed = load_settings(

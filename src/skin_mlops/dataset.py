@@ -417,8 +417,7 @@ class _Ingestion:
         self.uploads: deque[_PendingUpload] = deque()
         self.batch_rows: list[LesionRecord] = []
         self.batch_cache: list[SourceFileRecord] = []
-        self.batch_states: list[tuple[tuple[str, str, str], LesionStatus, str]] = []
-        self.on_disk: set[str] = set()
+        self.image_sha: dict[str, str] = {}
         self.last_commit = time.monotonic()
 
     # -- phases ----------------------------------------------------------------------------
@@ -434,6 +433,7 @@ class _Ingestion:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="ingest") as pool:
                 self.process(files, cache, pool)
             self.forget_vanished_files(files, cache)
+            self.refresh_seen_rows()
             self.mark_missing()
             self.find_conflicts_and_leakage()
             if not self.dry_run:
@@ -501,7 +501,6 @@ class _Ingestion:
         max_window = max(8, 4 * self.workers)
         done = 0
         total = len(files)
-        self.on_disk = {f.path for f in files}
         self.progress("ingest", 0, total)
         for scanned in files:
             cached = cache.get(scanned.path)
@@ -587,16 +586,14 @@ class _Ingestion:
         ident = (scanned.split, scanned.label, checked.sha256)
         if ident in self.seen:
             counts.duplicates += 1
+            self.image_sha[scanned.path] = checked.sha256
             remember()
             return
         self.seen[ident] = scanned.path
+        self.image_sha[scanned.path] = checked.sha256
         row = self.rows.get(ident)
         if row is not None and (self.dry_run or row.object_key in self.keys_in_store):
             counts.unchanged += 1
-            if row.status == "missing" or row.source_path not in self.on_disk:
-                # The file came back, or the image now lives under another name.
-                status: LesionStatus = "present" if row.status == "missing" else row.status
-                self.batch_states.append((ident, status, scanned.path))
             remember()
             return
 
@@ -673,7 +670,7 @@ class _Ingestion:
     def _maybe_commit(self, done: int, total: int) -> None:
         if done % 64 == 0:
             self.progress("ingest", done, total)
-        pending = len(self.batch_rows) + len(self.batch_cache) + len(self.batch_states)
+        pending = len(self.batch_rows) + len(self.batch_cache)
         if pending >= COMMIT_EVERY_ROWS or (
             pending and time.monotonic() - self.last_commit > COMMIT_EVERY_SECONDS
         ):
@@ -681,18 +678,15 @@ class _Ingestion:
 
     def commit(self) -> None:
         """Write queued rows (their objects are already stored) in one transaction."""
-        if not (self.batch_rows or self.batch_cache or self.batch_states):
+        if not (self.batch_rows or self.batch_cache):
             return
         with self.db.transaction():
             self.db.upsert_lesions(self.batch_rows)
             for record in self.batch_rows:
                 self.rows[(record.split, record.label, record.sha256)] = record
-            for ident, status, path in self.batch_states:
-                self._set_state(ident, status, path)
             self.db.upsert_source_files(self.batch_cache)
         self.batch_rows.clear()
         self.batch_cache.clear()
-        self.batch_states.clear()
         self.last_commit = time.monotonic()
 
     def forget_vanished_files(
@@ -704,6 +698,23 @@ class _Ingestion:
         if gone:
             with self.db.transaction():
                 self.db.delete_source_files(gone)
+
+    def refresh_seen_rows(self) -> None:
+        """Rows of images on disk: ``missing`` ones are back (``present``), and a row whose
+        file was renamed, deleted or rewritten now names a file that holds its bytes."""
+        changes: list[tuple[tuple[str, str, str], LesionStatus, str]] = []
+        for ident, path in self.seen.items():
+            row = self.rows.get(ident)
+            if row is None:
+                continue  # dry run: not stored yet
+            source_ok = self.image_sha.get(row.source_path) == ident[2]
+            if row.status == "missing" or not source_ok:
+                status: LesionStatus = "present" if row.status == "missing" else row.status
+                changes.append((ident, status, row.source_path if source_ok else path))
+        if changes:
+            with self.db.transaction():
+                for ident, status, path in changes:
+                    self._set_state(ident, status, path)
 
     def mark_missing(self) -> None:
         """Rows of the scanned splits whose bytes are no longer on disk become ``missing``."""
@@ -1005,7 +1016,9 @@ def _merge_splits(option_values: list[str] | None, extra_values: list[str] | Non
 def ingest_command(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Dataset config YAML [default: DATASET_CONFIG]."),
+        typer.Option(
+            "--config", "-c", help="Dataset config YAML (default: the DATASET_CONFIG setting)."
+        ),
     ] = None,
     splits: Annotated[
         list[str] | None,
@@ -1016,9 +1029,7 @@ def ingest_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Refresh metadata only; never touch the store.")
     ] = False,
-    more_splits: Annotated[
-        list[str] | None, typer.Argument(hidden=True, metavar="[SPLIT]...")
-    ] = None,
+    more_splits: Annotated[list[str] | None, typer.Argument(hidden=True, metavar="SPLIT")] = None,
 ) -> None:
     """Ingest data/raw/<split>/<label>/ images into the object store and the metadata DB."""
     settings = get_settings()
