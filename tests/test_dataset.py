@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import skin_mlops.dataset as dataset_module
-from conftest import RawDataset, free_port, image_bytes, write_dataset_config, write_image
+from ingest_fixtures import RawDataset, free_port, image_bytes, write_dataset_config, write_image
 from skin_mlops.core.config import load_settings
 from skin_mlops.core.errors import ConfigError, DataError, StorageError
 from skin_mlops.dataset import IngestionSummary, object_key_for, run_ingestion

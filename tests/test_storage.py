@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, start_moto_server, stop_process
+from ingest_fixtures import free_port, start_moto_server, stop_process
 from skin_mlops.core.config import load_settings
 from skin_mlops.core.errors import StorageError
 from skin_mlops.storage import (
