@@ -497,3 +497,16 @@ def test_cli_train_without_ingestion_prints_one_red_line(
     assert done.returncode == 1
     assert "run `skin-mlops ingest` first" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_options_round_trip_through_mlflow_params() -> None:
+    options = TrainingOptions(
+        epochs=7,
+        learning_rate=3e-4,
+        views=5,
+        hidden_units=0,
+        backbone_options=(("pooling", "avg+mid"),),
+        fine_tune_layers=4,
+    )
+    params = {k: str(v) for k, v in options.params().items() if v is not None}
+    assert TrainingOptions.from_params(params) == options

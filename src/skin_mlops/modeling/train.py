@@ -41,9 +41,9 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -85,7 +85,10 @@ DEFAULT_VIEWS = 8
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LEARNING_RATE = 1e-3
-DEFAULT_DROPOUT = 0.3
+DEFAULT_HIDDEN_UNITS = 512
+DEFAULT_INPUT_DROPOUT = 0.2
+DEFAULT_DROPOUT = 0.5
+DEFAULT_LABEL_SMOOTHING = 0.1
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_SEED = 42
 DEFAULT_FINE_TUNE_EPOCHS = 3
@@ -109,7 +112,10 @@ class TrainingOptions:
     backbone_options: tuple[tuple[str, str], ...] = ()
     image_size: int = DEFAULT_IMAGE_SIZE
     views: int = DEFAULT_VIEWS
+    hidden_units: int = DEFAULT_HIDDEN_UNITS
+    input_dropout: float = DEFAULT_INPUT_DROPOUT
     dropout: float = DEFAULT_DROPOUT
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     weight_decay: float = DEFAULT_WEIGHT_DECAY
     fine_tune_layers: int = 0
     fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS
@@ -122,6 +128,15 @@ class TrainingOptions:
             (self.learning_rate > 0, f"--learning-rate must be > 0 (got {self.learning_rate})"),
             (1 <= self.views <= 64, f"--views must be between 1 and 64 (got {self.views})"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1) (got {self.dropout})"),
+            (
+                0 <= self.input_dropout < 1,
+                f"input dropout must be in [0, 1) (got {self.input_dropout})",
+            ),
+            (self.hidden_units >= 0, f"hidden units must be >= 0 (got {self.hidden_units})"),
+            (
+                0 <= self.label_smoothing < 1,
+                f"label smoothing must be in [0, 1) (got {self.label_smoothing})",
+            ),
             (
                 self.fine_tune_layers >= 0,
                 f"--fine-tune-layers must be >= 0 (got {self.fine_tune_layers})",
@@ -144,6 +159,26 @@ class TrainingOptions:
     def backbone_options_key(self) -> str:
         """``k=v,...`` of the backbone build options (part of the feature-cache key)."""
         return ",".join(f"{k}={v}" for k, v in self.backbone_options)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> TrainingOptions:
+        """Options back from a run's MLflow params (strings), to reproduce it."""
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            if item.name not in params:
+                continue
+            raw = params[item.name]
+            if item.name == "backbone_options":
+                values[item.name] = tuple(
+                    tuple(pair.split("=", 1)) for pair in raw.split(",") if "=" in pair
+                )
+            elif item.type in ("int", int):
+                values[item.name] = int(raw)
+            elif item.type in ("float", float):
+                values[item.name] = float(raw)
+            else:
+                values[item.name] = raw
+        return cls(**values)
 
     def params(self) -> dict[str, Any]:
         """Flat MLflow params."""
@@ -349,36 +384,75 @@ def _epoch_callback(progress: Progress, task: Any, name: str, prefix: str = "") 
 # --- model pieces ---------------------------------------------------------------------------
 
 
-def build_head(feature_dim: int, num_classes: int, options: TrainingOptions) -> keras.Model:
-    """Dropout -> Dense(``logits``): the classifier on top of the pooled features."""
+def build_head(
+    train_features: np.ndarray, num_classes: int, options: TrainingOptions
+) -> keras.Model:
+    """The classifier on top of the pooled features.
+
+    ``Normalization`` (per-feature mean/variance of the training features, frozen into
+    the graph) -> ``Dropout(input_dropout)`` -> [``Dense(hidden_units, relu)`` ->
+    ``Dropout(dropout)``] -> ``Dense(K)`` named ``logits``.
+
+    Args:
+        train_features (np.ndarray): ``[..., D]`` training features (for the statistics).
+        num_classes (int): ``K``.
+        options (TrainingOptions): head sizes and dropout rates; ``hidden_units=0`` gives
+            a linear (multinomial logistic) head.
+    """
     import keras
 
-    features = keras.Input((feature_dim,), name="features")
-    x = keras.layers.Dropout(options.dropout, seed=options.seed, name="head_dropout")(features)
+    flat = train_features.reshape(-1, train_features.shape[-1]).astype(np.float64)
+    features = keras.Input((flat.shape[1],), name="features")
+    x = keras.layers.Normalization(
+        mean=flat.mean(axis=0).astype(np.float32),
+        variance=np.maximum(flat.var(axis=0), 1e-12).astype(np.float32),
+        name="feature_norm",
+    )(features)
+    x = keras.layers.Dropout(options.input_dropout, seed=options.seed, name="input_dropout")(x)
+    if options.hidden_units:
+        x = keras.layers.Dense(options.hidden_units, activation="relu", name="hidden")(x)
+        x = keras.layers.Dropout(options.dropout, seed=options.seed + 1, name="hidden_dropout")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(features, logits, name="head")
 
 
-def _compile(model: keras.Model, learning_rate: float, weight_decay: float) -> None:
+def _compile(
+    model: keras.Model, learning_rate: float, options: TrainingOptions, total_steps: int
+) -> None:
+    """AdamW with cosine decay over ``total_steps``; label-smoothed cross-entropy on logits."""
     import keras
 
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(total_steps, 1))
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=options.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=options.label_smoothing
+        ),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False,  # XLA on CPU is far slower for these graphs (see features.py)
     )
 
 
+def _steps(n_samples: int, batch_size: int, epochs: int) -> int:
+    return epochs * -(-n_samples // batch_size)
+
+
 def feature_dataset(
-    features: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
 ) -> Any:
-    """A ``tf.data`` pipeline over cached features ``[N, V, D]`` (every view is a sample)."""
+    """A ``tf.data`` pipeline over cached features ``[N, V, D]`` (every view is a sample),
+    one-hot labels."""
     import tensorflow as tf
 
     n, views, dim = features.shape
     x = features.reshape(n * views, dim)
-    y = np.repeat(labels, views).astype(np.int32)
+    y = np.eye(num_classes, dtype=np.float32)[np.repeat(labels, views)]
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
@@ -395,15 +469,23 @@ def train_head(
     progress: Progress,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train the head on cached features; return it and the per-epoch history."""
-    head = build_head(train_features.shape[-1], num_classes, options)
-    _compile(head, options.learning_rate, options.weight_decay)
+    head = build_head(train_features, num_classes, options)
+    n_samples = train_features.shape[0] * train_features.shape[1]
+    _compile(
+        head, options.learning_rate, options, _steps(n_samples, options.batch_size, options.epochs)
+    )
     task = progress.add_task("head epochs", total=options.epochs)
     fit = head.fit(
         feature_dataset(
-            train_features, train_labels, options.batch_size, shuffle=True, seed=options.seed
+            train_features,
+            train_labels,
+            num_classes,
+            options.batch_size,
+            shuffle=True,
+            seed=options.seed,
         ),
         validation_data=feature_dataset(
-            val_features, val_labels, 256, shuffle=False, seed=options.seed
+            val_features, val_labels, num_classes, 256, shuffle=False, seed=options.seed
         ),
         epochs=options.epochs,
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
@@ -460,10 +542,16 @@ def fine_tune(
     unfrozen = unfreeze_top_layers(backbone.model, options.fine_tune_layers)
     if unfrozen == 0:
         raise ConfigError(f"--fine-tune-layers {options.fine_tune_layers} unfreezes nothing")
-    _compile(model, options.fine_tune_learning_rate, options.weight_decay)
+    _compile(
+        model,
+        options.fine_tune_learning_rate,
+        options,
+        _steps(len(train_labels), options.batch_size, options.fine_tune_epochs),
+    )
 
     def pipeline(pixels: np.ndarray, labels: np.ndarray, shuffle: bool, batch: int) -> Any:
-        dataset = tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.int32)))
+        one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+        dataset = tf.data.Dataset.from_tensor_slices((pixels, one_hot))
         if shuffle:
             dataset = dataset.shuffle(len(labels), seed=options.seed, reshuffle_each_iteration=True)
         return dataset.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
