@@ -156,6 +156,15 @@ def test_corrupt_and_truncated_images_are_reported_and_not_ingested(
     assert ingest(raw_dataset).label_counts("train", "lichen_planus").corrupt == 4
 
 
+def test_images_over_the_pixel_limit_are_rejected_before_decoding(raw_dataset: RawDataset) -> None:
+    raw_dataset.add("train", "acne", "big.jpg", seed=6)  # 64x48 = 3072 pixels
+    settings = raw_dataset.settings.model_copy(update={"max_image_pixels": 3000})
+    summary = run_ingestion(raw_dataset.config_path, ["train"], settings=settings)
+    assert summary.label_counts("train", "acne").corrupt == 1
+    assert "over the limit" in summary.problems[0].message
+    assert rows(raw_dataset) == []
+
+
 def test_duplicates_under_one_label_are_one_row(raw_dataset: RawDataset) -> None:
     first = raw_dataset.add("train", "acne", "a.jpg", seed=7)
     shutil.copy(first, raw_dataset.raw / "train" / "acne" / "b.jpg")
