@@ -21,8 +21,9 @@ import skin_mlops.dataset as dataset_module
 from ingest_fixtures import RawDataset, free_port, image_bytes, write_dataset_config, write_image
 from skin_mlops.core.config import load_settings
 from skin_mlops.core.errors import ConfigError, DataError, StorageError
-from skin_mlops.dataset import IngestionSummary, object_key_for, run_ingestion
+from skin_mlops.dataset import IngestionSummary, check_structure, object_key_for, run_ingestion
 from skin_mlops.metadata import LesionRecord, read_lesions
+from skin_mlops.preprocessing import CorruptImageError
 from skin_mlops.storage import LocalObjectStore, S3ObjectStore
 
 ALL_STATUSES = ("present", "missing", "conflict")
@@ -102,9 +103,9 @@ def test_a_rerun_does_not_read_unchanged_files(
     reads: list[str] = []
     real_check = dataset_module.check_file
 
-    def counting_check(path: str, max_pixels: int):
+    def counting_check(path: str, *args: object):
         reads.append(path)
-        return real_check(path, max_pixels)
+        return real_check(path, *args)
 
     monkeypatch.setattr(dataset_module, "check_file", counting_check)
     assert ingest(raw_dataset).totals().unchanged == 9
@@ -133,8 +134,9 @@ def test_files_are_recognised_by_content_not_by_name(raw_dataset: RawDataset) ->
     assert not summary.failed
 
 
+@pytest.mark.parametrize("verify", ["decode", "structure"])
 def test_corrupt_and_truncated_images_are_reported_and_not_ingested(
-    raw_dataset: RawDataset,
+    raw_dataset: RawDataset, verify: str
 ) -> None:
     lichen = raw_dataset.raw / "train" / "lichen_planus"
     jpeg = image_bytes(seed=3, size=(128, 96))
@@ -144,13 +146,14 @@ def test_corrupt_and_truncated_images_are_reported_and_not_ingested(
     (lichen / "header_only.jpg").write_bytes(jpeg[:400])
     (lichen / "empty.jpg").write_bytes(b"")
     raw_dataset.add("train", "lichen_planus", "good.jpg", seed=5)
-    summary = ingest(raw_dataset)
+    raw_dataset.add("train", "lichen_planus", "good.png", seed=6, fmt="PNG")
+    summary = ingest(raw_dataset, verify=verify)
     counts = summary.label_counts("train", "lichen_planus")
-    assert (counts.new, counts.corrupt) == (1, 4)
+    assert (counts.new, counts.corrupt) == (2, 4)
     assert summary.failed
     reported = {Path(p.path).name for p in summary.problems if p.kind == "corrupt"}
     assert reported == {"half.jpg", "half.png", "header_only.jpg", "empty.jpg"}
-    assert [Path(r.source_path).name for r in rows(raw_dataset)] == ["good.jpg"]
+    assert sorted(Path(r.source_path).name for r in rows(raw_dataset)) == ["good.jpg", "good.png"]
     assert_store_matches_db(raw_dataset)
     # still reported on the next run (the data is still broken), without re-reading it
     assert ingest(raw_dataset).label_counts("train", "lichen_planus").corrupt == 4
@@ -163,6 +166,22 @@ def test_images_over_the_pixel_limit_are_rejected_before_decoding(raw_dataset: R
     assert summary.label_counts("train", "acne").corrupt == 1
     assert "over the limit" in summary.problems[0].message
     assert rows(raw_dataset) == []
+
+
+def test_structure_check_catches_damage_and_truncation() -> None:
+    jpeg, png = image_bytes(seed=30, size=(96, 64)), image_bytes(seed=31, fmt="PNG")
+    check_structure(jpeg, "JPEG")
+    check_structure(jpeg + b"\x00" * 16, "JPEG")  # padding after the end marker is fine
+    check_structure(png, "PNG")
+    for cut in (len(jpeg) - 2, len(jpeg) // 2, 300):
+        with pytest.raises(CorruptImageError, match="truncated JPEG"):
+            check_structure(jpeg[:cut], "JPEG")
+    damaged = bytearray(png)
+    damaged[len(png) // 2] ^= 0xFF
+    with pytest.raises(CorruptImageError, match="CRC mismatch"):
+        check_structure(bytes(damaged), "PNG")
+    with pytest.raises(CorruptImageError, match="truncated PNG"):
+        check_structure(png[:-12], "PNG")
 
 
 def test_duplicates_under_one_label_are_one_row(raw_dataset: RawDataset) -> None:

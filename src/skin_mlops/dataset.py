@@ -33,11 +33,13 @@ import hashlib
 import os
 import re
 import time
+import zlib
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from skin_mlops.core.config import Settings, get_settings
-from skin_mlops.core.errors import DataError, StorageError
+from skin_mlops.core.errors import ConfigError, DataError, StorageError
 from skin_mlops.dataset_config import DatasetConfig, load_dataset_config
 from skin_mlops.metadata import (
     LesionRecord,
@@ -79,6 +81,7 @@ COMMIT_EVERY_SECONDS = 1.0
 _KEY_NAME_RE = re.compile(r"^(?P<stem>.+)-(?P<sha>[0-9a-f]{16}|[0-9a-f]{64})\.(?P<ext>jpg|png)$")
 _UNSAFE_CHARS_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
+VerifyMode = Literal["decode", "structure"]
 ProgressCallback = Callable[[str, int, int], None]
 """``callback(phase, done, total)``, called from the ingesting thread."""
 
@@ -309,8 +312,48 @@ class CheckedFile:
     data: bytes | None = None
 
 
-def check_file(path: str, max_pixels: int) -> CheckedFile:
-    """Read, hash, sniff and decode one file. Never raises for bad content."""
+def check_structure(data: bytes, image_format: str) -> None:
+    """Prove a JPEG/PNG is complete without decoding its pixels (cheap: no entropy decoding).
+
+    * JPEG: the last start-of-scan marker (``FFDA``) must be followed by an end-of-image
+      marker (``FFD9``); entropy-coded data never contains ``FFD9`` (bytes are stuffed), so
+      this catches every truncation, including files whose EXIF thumbnail is complete.
+    * PNG: every chunk's CRC-32 must match and the file must end with ``IEND``; this catches
+      truncation and any damaged byte.
+
+    Raises:
+        CorruptImageError: the file is cut short or damaged.
+    """
+    if image_format == "JPEG":
+        last_scan = data.rfind(b"\xff\xda")
+        if last_scan < 0 or data.rfind(b"\xff\xd9") < last_scan:
+            raise CorruptImageError("truncated JPEG: no end-of-image marker after the last scan")
+        return
+    if image_format == "PNG":
+        offset, end = 8, len(data)
+        while offset + 12 <= end:
+            length = int.from_bytes(data[offset : offset + 4], "big")
+            chunk_end = offset + 8 + length
+            if chunk_end + 4 > end:
+                raise CorruptImageError("truncated PNG: a chunk runs past the end of the file")
+            expected = int.from_bytes(data[chunk_end : chunk_end + 4], "big")
+            if zlib.crc32(data[offset + 4 : chunk_end]) != expected:
+                chunk = data[offset + 4 : offset + 8].decode("latin-1")
+                raise CorruptImageError(f"damaged PNG: CRC mismatch in chunk {chunk!r}")
+            if data[offset + 4 : offset + 8] == b"IEND":
+                return
+            offset = chunk_end + 4
+        raise CorruptImageError("truncated PNG: no IEND chunk")
+
+
+def check_file(path: str, max_pixels: int, verify: VerifyMode = "decode") -> CheckedFile:
+    """Read, hash, sniff and verify one file. Never raises for bad content.
+
+    ``verify="decode"`` decodes the image through :func:`skin_mlops.preprocessing.load_rgb`
+    (a JPEG at 1/8 scale): whatever is accepted, training and serving can decode.
+    ``verify="structure"`` runs :func:`check_structure` instead: ~20x cheaper, catches
+    truncated and damaged files, but not a stream that is whole yet undecodable.
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -319,7 +362,15 @@ def check_file(path: str, max_pixels: int) -> CheckedFile:
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         info = probe(data)
-        load_rgb(data, max_pixels=max_pixels, min_side=VERIFY_MIN_SIDE)
+        if info.width * info.height > max_pixels:
+            raise ImageTooLargeError(
+                f"image declares {info.width}x{info.height} pixels, over the limit of "
+                f"{max_pixels:,} pixels"
+            )
+        if verify == "decode":
+            load_rgb(data, max_pixels=max_pixels, min_side=VERIFY_MIN_SIDE)
+        else:
+            check_structure(data, info.format)
     except NotAnImageError as exc:
         return CheckedFile(sha256=sha256, kind="not_an_image", problem=str(exc))
     except (EmptyImageError, CorruptImageError, ImageTooLargeError, ImageError) as exc:
@@ -392,8 +443,10 @@ class _Ingestion:
         store: ObjectStore | None,
         workers: int,
         progress: ProgressCallback | None,
+        verify: VerifyMode = "decode",
     ) -> None:
         self.config = config
+        self.verify = verify
         self.splits = splits
         self.dry_run = dry_run
         self.settings = settings
@@ -514,7 +567,7 @@ class _Ingestion:
                 cached = None
             needs_read = cached is None or self._cached_image_needs_upload(scanned, cached)
             future = (
-                pool.submit(check_file, scanned.path, self.settings.max_image_pixels)
+                pool.submit(check_file, scanned.path, self.settings.max_image_pixels, self.verify)
                 if needs_read
                 else None
             )
@@ -883,6 +936,7 @@ def run_ingestion(
     store: ObjectStore | None = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    verify: VerifyMode = "decode",
 ) -> IngestionSummary:
     """Ingest the given splits of a dataset config; return what happened.
 
@@ -894,6 +948,9 @@ def run_ingestion(
         store: an object store to use instead of the one ``settings`` describes.
         workers: worker threads (default :func:`default_workers`).
         progress: ``callback(phase, done, total)`` for a progress bar.
+        verify: how new files are proven whole: ``decode`` (default; through the shared
+            preprocessing) or ``structure`` (markers/CRCs only, ~5x faster ingestion of
+            new files); see :func:`check_file`.
 
     Raises:
         ConfigError: bad config or split name. DataError: a split folder is missing or
@@ -904,6 +961,8 @@ def run_ingestion(
     splits = list(dict.fromkeys(splits))
     if not splits:
         raise DataError("no split to ingest (pass --splits train val)")
+    if verify not in ("decode", "structure"):
+        raise ConfigError(f"unknown verify mode {verify!r} (decode or structure)")
     for split in splits:
         config.split_root(split)  # ConfigError for an unknown split
     if not dry_run and store is None:
@@ -917,6 +976,7 @@ def run_ingestion(
             None if dry_run else store,
             workers or default_workers(),
             progress,
+            verify,
         ).run()
 
 
@@ -1004,6 +1064,13 @@ def _print_summary(summary: IngestionSummary, console: Console) -> None:
             console.print(f"  ... and {len(summary.problems) - shown} more")
 
 
+class _VerifyChoice(StrEnum):
+    """``--verify`` values (see :func:`check_file`)."""
+
+    decode = "decode"
+    structure = "structure"
+
+
 def _merge_splits(option_values: list[str] | None, extra_values: list[str] | None) -> list[str]:
     """``--splits train val`` == ``--splits train --splits val``: Click gives the first value
     to the option and the rest as positional arguments; join them back, in order."""
@@ -1029,6 +1096,13 @@ def ingest_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Refresh metadata only; never touch the store.")
     ] = False,
+    verify: Annotated[
+        _VerifyChoice,
+        typer.Option(
+            "--verify",
+            help="Prove new files whole by decoding them, or by markers/CRCs only (faster).",
+        ),
+    ] = _VerifyChoice.decode,
     more_splits: Annotated[list[str] | None, typer.Argument(hidden=True, metavar="SPLIT")] = None,
 ) -> None:
     """Ingest data/raw/<split>/<label>/ images into the object store and the metadata DB."""
@@ -1055,7 +1129,12 @@ def ingest_command(
             )
 
         summary = run_ingestion(
-            config_path, chosen, dry_run=dry_run, settings=settings, progress=on_progress
+            config_path,
+            chosen,
+            dry_run=dry_run,
+            settings=settings,
+            progress=on_progress,
+            verify=verify.value,  # type: ignore[arg-type]
         )
     _print_summary(summary, console)
     if summary.failed:
