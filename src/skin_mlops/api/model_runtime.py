@@ -104,7 +104,10 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 
     Sequential execution with ``intra_op_threads`` threads per operator, one inter-op
     thread, full graph optimisation, and no spin-waiting (spinning threads would steal the
-    cores the decode/preprocess pool needs between batches).
+    cores the decode/preprocess pool needs between batches). The CPU memory arena is off:
+    with it, the activations of the largest batch stay resident for good (measured with
+    EfficientNet-Lite0 at 224 and batches up to 16: +240 MiB with the arena, +95 MiB
+    without, the memory pattern planner still reusing buffers within a run).
     """
     import onnxruntime as ort
 
@@ -113,6 +116,8 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = True
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
