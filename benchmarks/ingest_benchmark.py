@@ -115,14 +115,21 @@ def all_files(raw: Path) -> list[Path]:
 # --- measurements -------------------------------------------------------------------------------
 
 
-def timed(command: str) -> float:
+def timed(command: str) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, all child processes) of a shell command."""
+    before = os.times()
     started = time.perf_counter()
     subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return wall, cpu
 
 
-def baseline(raw: Path, scratch: Path) -> tuple[float, float]:
-    """Seconds for ``sha256sum`` of every file, then for ``cp -r`` of the tree."""
+def baseline(raw: Path, scratch: Path) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(wall, CPU) seconds of ``sha256sum`` of every file, then of ``cp -r`` of the tree."""
     copy = scratch / "cp-copy"
     shutil.rmtree(copy, ignore_errors=True)
     hashing = timed(f"find '{raw}' -type f -print0 | xargs -0 sha256sum > /dev/null")
@@ -142,14 +149,14 @@ def write_config(work: Path, raw: Path) -> Path:
     return config
 
 
-def run_in_process(config: Path, objects: Path, workers: int | None = None):
+def run_in_process(config: Path, objects: Path, verify: str = "decode"):
     """One ingestion; returns (summary, wall seconds, CPU seconds)."""
     from skin_mlops.core.config import load_settings
     from skin_mlops.dataset import run_ingestion
 
     settings = load_settings(storage_backend="local", local_object_root=objects)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    summary = run_ingestion(config, ["train", "val"], settings=settings, workers=workers)
+    summary = run_ingestion(config, ["train", "val"], settings=settings, verify=verify)
     return summary, time.perf_counter() - wall0, time.process_time() - cpu0
 
 
@@ -199,7 +206,9 @@ def plot(figures: dict[str, float], path: Path) -> None:
 
     names, seconds = list(figures), list(figures.values())
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    bars = ax.barh(names, seconds, color=["#888", "#888", "#2a7", "#27a", "#27a"][: len(names)])
+    bars = ax.barh(
+        names, seconds, color=["#888", "#888", "#2a7", "#27a", "#3b9", "#a72"][: len(names)]
+    )
     ax.bar_label(bars, labels=[f"{s:.2f}s" for s in seconds], padding=3)
     ax.invert_yaxis()
     ax.set_xlabel("wall seconds")
@@ -226,44 +235,76 @@ def main() -> None:
     work = OUT / "ingest-run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    hashing, copying = baseline(raw, work)
+    (hashing, hashing_cpu), (copying, copying_cpu) = baseline(raw, work)
     config = write_config(work, raw)
     objects = work / "objects"
     first, first_wall, first_cpu = run_in_process(config, objects)
     assert first.uploaded == len(files) and not first.failed, first.totals()
-    rerun, rerun_wall, _ = run_in_process(config, objects)
+    rerun, rerun_wall, rerun_cpu = run_in_process(config, objects)
     assert rerun.uploaded == 0 and rerun.totals().unchanged == len(files)
     cli_rerun = run_cli(config, objects, work)
+    structure_work = work / "verify-structure"
+    structure_work.mkdir()
+    fast, fast_wall, fast_cpu = run_in_process(
+        write_config(structure_work, raw), structure_work / "objects", verify="structure"
+    )
+    assert fast.uploaded == len(files) and not fast.failed, fast.totals()
 
     base = hashing + copying
-    table = Table(title=f"Ingestion benchmark: {len(files)} JPEGs {WIDTH}x{HEIGHT}")
-    table.add_column("what")
-    table.add_column("wall s", justify="right")
-    table.add_column("vs", justify="right")
-    table.add_row("sha256sum (all files)", f"{hashing:.2f}", "")
-    table.add_row("cp -r (all files)", f"{copying:.2f}", "")
-    table.add_row("baseline = sha256sum + cp", f"{base:.2f}", "1.00x")
+    base, base_cpu = hashing + copying, hashing_cpu + copying_cpu
+    load = os.getloadavg()[0]
+    table = Table(
+        title=f"Ingestion benchmark: {len(files)} JPEGs {WIDTH}x{HEIGHT}, "
+        f"{os.cpu_count()} cores, load average {load:.1f} at the end"
+    )
+    for column in ("what", "wall s", "CPU s", "vs"):
+        table.add_column(column, justify="left" if column == "what" else "right")
+    table.add_row("sha256sum (all files)", f"{hashing:.2f}", f"{hashing_cpu:.2f}", "")
+    table.add_row("cp -r (all files)", f"{copying:.2f}", f"{copying_cpu:.2f}", "")
+    table.add_row("baseline = sha256sum + cp", f"{base:.2f}", f"{base_cpu:.2f}", "1.00x")
     table.add_row(
-        f"first ingestion (CPU {first_cpu / first_wall:.2f} cores busy)",
+        f"first ingestion ({first_cpu / first_wall:.2f} cores busy)",
         f"{first_wall:.2f}",
-        f"{first_wall / base:.2f}x baseline (target <= 2x)",
+        f"{first_cpu:.2f}",
+        f"{first_wall / base:.2f}x baseline wall (target <= 2x)",
+    )
+    table.add_row(
+        f"first ingestion, --verify structure ({fast_cpu / fast_wall:.2f} cores busy)",
+        f"{fast_wall:.2f}",
+        f"{fast_cpu:.2f}",
+        f"{fast_wall / base:.2f}x baseline wall",
     )
     table.add_row(
         "no-change rerun, in-process",
         f"{rerun_wall:.3f}",
+        f"{rerun_cpu:.2f}",
         f"{first_wall / rerun_wall:.0f}x faster than first (target >= 20x)",
     )
     table.add_row(
         "no-change rerun, `skin-mlops ingest` CLI",
         f"{cli_rerun:.2f}",
+        "",
         f"{first_wall / cli_rerun:.1f}x faster (includes interpreter start)",
     )
     console.print(table)
+    cores = os.cpu_count() or 1
+    for name, cpu in (("decode", first_cpu), ("structure", fast_cpu)):
+        ideal = cpu / cores
+        console.print(
+            f"Idle-machine estimate, --verify {name}: {cpu:.1f} CPU-s spread on {cores} cores "
+            f"= {ideal:.2f}s wall = {ideal / base_cpu:.2f}x the single-threaded baseline's "
+            f"{base_cpu:.2f} CPU-s."
+        )
+    console.print(
+        "Under load each process group gets a share of the cores, so a measured wall ratio "
+        "is then close to the CPU ratio."
+    )
     figures = {
         "sha256sum": hashing,
         "cp -r": copying,
         "baseline total": base,
         "first ingestion": first_wall,
+        "first, verify=structure": fast_wall,
         "no-change rerun": rerun_wall,
     }
     if args.pools:
