@@ -212,7 +212,10 @@ def plot(figures: dict[str, float], path: Path) -> None:
     ax.bar_label(bars, labels=[f"{s:.2f}s" for s in seconds], padding=3)
     ax.invert_yaxis()
     ax.set_xlabel("wall seconds")
-    ax.set_title("Ingestion of the generated JPEG set (local backend)")
+    ax.set_title(
+        f"Ingestion of the generated JPEG set (local backend), "
+        f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
