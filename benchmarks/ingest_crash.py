@@ -104,7 +104,17 @@ def main() -> int:
         f"{startup + args.max_delay:.2f}s"
     )
     kills = Table(title=f"{args.kills} ingestions killed with SIGKILL ({args.images} JPEGs)")
-    for column in ("#", "killed after s", "objects", "rows", "objects w/o row", "temp files"):
+    dangling_after_kill = 0
+    columns = (
+        "#",
+        "killed after s",
+        "objects",
+        "rows",
+        "objects w/o row",
+        "rows w/o object",
+        "temp files",
+    )
+    for column in columns:
         kills.add_column(column, justify="right")
     for attempt in range(1, args.kills + 1):
         delay = rng.uniform(startup / 2, startup + args.max_delay)
@@ -119,12 +129,15 @@ def main() -> int:
         keys, rows = object_keys(objects), db_rows(db)
         incoming = objects / ".incoming"
         temp = len(list(incoming.iterdir())) if incoming.exists() else 0
+        dangling = len({r[3] for r in rows} - keys)
+        dangling_after_kill += dangling
         kills.add_row(
             str(attempt),
             when,
             str(len(keys)),
             str(len(rows)),
             str(len(keys - {r[3] for r in rows})),
+            str(dangling),
             str(temp),
         )
     console.print(kills)
@@ -145,6 +158,7 @@ def main() -> int:
     incoming = objects / ".incoming"
     temp_left = list(incoming.iterdir()) if incoming.exists() else []
     checks = {
+        "after every kill: rows pointing to a missing object == 0": dangling_after_kill == 0,
         "clean run exit code 0": clean.returncode == 0,
         "rows per split/label == files on disk": present == files,
         "rows == objects (same keys)": row_keys == keys,
