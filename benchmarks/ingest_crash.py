@@ -79,7 +79,7 @@ def main() -> int:
     parser.add_argument(
         "--max-delay",
         type=float,
-        default=5.0,
+        default=8.0,
         help="latest kill, in seconds after the interpreter start-up",
     )
     parser.add_argument("--seed", type=int, default=0)
