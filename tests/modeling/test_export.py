@@ -30,7 +30,7 @@ def _head(feature_dim: int, seed: int = 0):
     keras.utils.set_random_seed(seed)
     features = keras.Input((feature_dim,))
     x = keras.layers.Dropout(0.2)(features)
-    return keras.Model(features, keras.layers.Dense(len(LABELS), name="logits")(x))
+    return keras.Model(features, keras.layers.Dense(len(LABELS), name="class_logits")(x))
 
 
 def _signature(image_size: int, version: str = "v1", backbone: str = "tiny_test"):
@@ -143,3 +143,26 @@ def test_real_lite0_exports_with_onnx_parity(tmp_path: Path) -> None:
     assert result.parity.ok, result.parity
     assert result.parity.max_abs_logit_diff < 1e-3
     assert (staging / export_format.ONNX_MODEL_FILE).stat().st_size > 10_000_000  # weights in
+
+
+def test_in_graph_dihedral_tta_is_the_mean_over_transformed_inputs(tmp_path, tiny_backbone):
+    from skin_mlops.modeling.features import dihedral
+
+    head = _head(tiny_backbone.feature_dim)
+    plain = compose_model(tiny_backbone.model, head, 32)
+    tta = compose_model(tiny_backbone.model, head, 32, tta_views=8)
+    images = _images(3, 32, seed=5)
+    expected = np.mean(
+        [keras_logits(plain, np.stack([dihedral(im, k) for im in images])) for k in range(8)],
+        axis=0,
+    )
+    np.testing.assert_allclose(keras_logits(tta, images), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(keras_logits(plain, images), expected, atol=1e-4)
+
+    staging = export_format.new_version_dir(tmp_path / "runs" / "skin5-current", "tta")
+    result = write_export(tta, _signature(32), staging, images)  # tf2onnx + ORT parity
+    assert result.parity.ok and result.signature.output.name == "logits"
+    import keras
+
+    reloaded = keras.saving.load_model(staging / export_format.KERAS_MODEL_FILE)
+    np.testing.assert_allclose(keras_logits(reloaded, images), expected, rtol=1e-5, atol=1e-5)

@@ -510,3 +510,28 @@ def test_options_round_trip_through_mlflow_params() -> None:
     )
     params = {k: str(v) for k, v in options.params().items() if v is not None}
     assert TrainingOptions.from_params(params) == options
+
+
+def test_tta_run_exports_the_averaged_model(
+    tmp_path,
+    colour_dataset_factory,
+    settings_factory,
+    backbone_factory,
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 3, "val": 2})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    options = TrainingOptions(epochs=2, views=1, batch_size=4, tta_views=8)
+    result = run_training(
+        dataset.config_path,
+        settings=settings,
+        options=options,
+        backbone=backbone_factory(),
+        show_progress=False,
+    )
+    assert result.features_extracted == 9 + 6 * 8  # val: centre + 7 dihedral views
+    assert result.parity_max_abs_prob_diff <= 1e-4
+    import keras
+
+    model = keras.saving.load_model(result.published_dir / export_format.KERAS_MODEL_FILE)
+    assert model.get_layer("tta_dihedral_views").views == 8

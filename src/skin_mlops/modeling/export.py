@@ -3,7 +3,8 @@
 The exported model is backbone + head in ONE graph: ``image`` float32[N, S, S, 3] (RGB,
 [0, 255], from ``skin_mlops.preprocessing``) -> ``logits`` float32[N, K]. The steps:
 
-1. :func:`compose_model` - the inference graph from the backbone and the trained head;
+1. :func:`compose_model` - the inference graph from the backbone and the trained head,
+   optionally averaging the logits of the input's dihedral transforms (in-graph TTA);
 2. :func:`write_export` - ``model/model.keras``, ``model/model.onnx`` (``tf2onnx``), a
    parity check (ONNX Runtime vs Keras on real inputs: calibrated probabilities within
    ``1e-4``, identical top-1) and ``export_format.write_metadata``; a failed check raises
@@ -42,20 +43,96 @@ class ExportError(DataError):
     """The exported model is unusable (conversion failed, or ONNX disagrees with Keras)."""
 
 
-def compose_model(backbone_model: keras.Model, head: keras.Model, image_size: int) -> keras.Model:
+def _tta_layers() -> tuple[type, type]:
+    """The two Keras layers of in-graph dihedral test-time averaging (registered once)."""
+    global _TTA_LAYERS
+    if _TTA_LAYERS is not None:
+        return _TTA_LAYERS
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="skin_mlops")
+    class DihedralViews(keras.layers.Layer):
+        """``[N,S,S,C]`` -> ``[T*N,S,S,C]``: the first ``T`` dihedral transforms, view-major.
+
+        Transform ``k``: ``k % 4`` counter-clockwise quarter turns, then a left-right flip
+        when ``k >= 4`` (the same as :func:`skin_mlops.modeling.features.dihedral`).
+        """
+
+        def __init__(self, views: int = 8, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.views = views
+
+        def call(self, x):  # noqa: ANN001, ANN201 - Keras tensors
+            out = []
+            for k in range(self.views):
+                y = x
+                for _ in range(k % 4):  # rot90 counter-clockwise = transpose, flip rows
+                    y = ops.flip(ops.transpose(y, (0, 2, 1, 3)), axis=1)
+                if k >= 4:
+                    y = ops.flip(y, axis=2)
+                out.append(y)
+            return ops.concatenate(out, axis=0)
+
+        def compute_output_shape(self, shape):  # noqa: ANN001, ANN201
+            return (None, *shape[1:])
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "views": self.views}
+
+    @keras.saving.register_keras_serializable(package="skin_mlops")
+    class ViewMean(keras.layers.Layer):
+        """``[T*N, K]`` (view-major) -> ``[N, K]``: the mean over the ``T`` views."""
+
+        def __init__(self, views: int = 8, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.views = views
+
+        def call(self, x):  # noqa: ANN001, ANN201
+            return ops.mean(ops.reshape(x, (self.views, -1, x.shape[-1])), axis=0)
+
+        def compute_output_shape(self, shape):  # noqa: ANN001, ANN201
+            return (None, shape[-1])
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "views": self.views}
+
+    _TTA_LAYERS = (DihedralViews, ViewMean)
+    return _TTA_LAYERS
+
+
+_TTA_LAYERS: tuple[type, type] | None = None
+
+
+def compose_model(
+    backbone_model: keras.Model, head: keras.Model, image_size: int, *, tta_views: int = 1
+) -> keras.Model:
     """``image`` -> backbone -> the head's layers -> ``logits``, as one functional model.
 
-    The head's layers are reused (same weights); its last layer must be named ``logits``
-    so the Keras and ONNX output are called ``logits``.
+    With ``tta_views`` > 1 the graph averages the logits of the first ``tta_views``
+    dihedral transforms of the input (test-time augmentation inside the model, so ONNX
+    and every server get it for free). The head's layers are reused (same weights); the
+    graph's last layer is named ``logits`` (so the Keras and ONNX output are ``logits``).
     """
     import keras
 
+    if not 1 <= tta_views <= 8:
+        raise ExportError(f"tta_views must be between 1 and 8 (got {tta_views})")
     image = keras.Input((image_size, image_size, 3), name=INPUT_NAME, dtype="float32")
-    x = backbone_model(image)
+    x = image
+    if tta_views > 1:
+        dihedral_views, _ = _tta_layers()
+        x = dihedral_views(tta_views, name="tta_dihedral_views")(x)
+    x = backbone_model(x)
     for layer in head.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         x = layer(x)
+    if tta_views > 1:
+        _, view_mean = _tta_layers()
+        x = view_mean(tta_views, name=OUTPUT_NAME)(x)
+    else:
+        x = keras.layers.Identity(name=OUTPUT_NAME)(x)
     return keras.Model(image, x, name="skin_classifier")
 
 

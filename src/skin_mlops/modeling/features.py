@@ -11,7 +11,8 @@ keyed by
   (``skin_mlops.preprocessing.preprocess_bytes``); ``"aug<version>.<k>"`` (k >= 1) is a
   deterministic augmentation of the same photo (random-resized crop, flips, quarter
   turns, mild brightness/contrast), seeded by the image hash and ``k`` so a view never
-  changes between runs and can be cached like the centre view.
+  changes between runs and can be cached like the centre view; ``"dih.<k>"`` (k = 1..7)
+  is the k-th dihedral transform of the centre view (for test-time averaging).
 
 Vectors live in one SQLite file (``<feature_cache_dir>/features.sqlite3``): atomic
 writes, safe for concurrent readers, one row per (space, image, view). A second run on
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 AUGMENTATION_VERSION = 1
 CENTER_VIEW = "center"
+DIHEDRAL_PREFIX = "dih"
 FEATURE_DB_NAME = "features.sqlite3"
 MIN_CROP_AREA = 0.45  # random-resized-crop keeps 45-100 % of the photo's area
 
@@ -93,6 +95,25 @@ def view_ids(views: int) -> list[str]:
     return [CENTER_VIEW] + [f"aug{AUGMENTATION_VERSION}.{k}" for k in range(1, views)]
 
 
+DIHEDRAL_VIEWS = 8
+
+
+def dihedral_view_ids() -> list[str]:
+    """The centre view and its 7 other dihedral transforms (``dih.1`` ... ``dih.7``)."""
+    return [CENTER_VIEW] + [f"{DIHEDRAL_PREFIX}.{k}" for k in range(1, DIHEDRAL_VIEWS)]
+
+
+def dihedral(array: np.ndarray, k: int) -> np.ndarray:
+    """Dihedral transform ``k`` (0..7) of an HWC array: ``k % 4`` quarter turns
+    (counter-clockwise), then a left-right flip when ``k >= 4``.
+
+    The exported model's test-time averaging (``export.DihedralViews``) applies exactly
+    these transforms inside the graph.
+    """
+    out = np.rot90(array, k % 4, axes=(0, 1))
+    return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
+
+
 # --- rendering views --------------------------------------------------------------------
 
 
@@ -132,17 +153,22 @@ def augment(image: Image.Image, sha256: str, view: str) -> Image.Image:
 def render_views(data: bytes, sha256: str, views: Sequence[str], size: int) -> list[np.ndarray]:
     """Model inputs ``float32[size, size, 3]`` of the requested views of one photo.
 
-    The centre view is ``preprocessing.preprocess_bytes(data, size)`` exactly; augmented
-    views decode at a higher DCT scale so a crop is not upsampled from a draft.
+    The centre view is ``preprocessing.preprocess_bytes(data, size)`` exactly; ``dih.k``
+    views are its dihedral transforms; augmented views decode at a higher DCT scale so a
+    crop is not upsampled from a draft.
 
     Raises:
         preprocessing.ImageError: the bytes are not a decodable image.
     """
     out: list[np.ndarray] = []
     full: Image.Image | None = None
+    center: np.ndarray | None = None
     for view in views:
-        if view == CENTER_VIEW:
-            out.append(preprocessing.preprocess_bytes(data, size))
+        if view == CENTER_VIEW or view.startswith(f"{DIHEDRAL_PREFIX}."):
+            if center is None:
+                center = preprocessing.preprocess_bytes(data, size)
+            k = 0 if view == CENTER_VIEW else int(view.split(".", 1)[1])
+            out.append(center if k == 0 else dihedral(center, k))
             continue
         if full is None:
             min_side = int(np.ceil(size / np.sqrt(MIN_CROP_AREA)))
@@ -289,7 +315,7 @@ def _rendered(
 def extract_features(
     backbone: Backbone,
     images: Sequence[ImageRef],
-    views: int,
+    views: int | Sequence[str],
     store: FeatureStore,
     *,
     backbone_options: str = "",
@@ -303,7 +329,8 @@ def extract_features(
     Args:
         backbone (Backbone): the frozen backbone (its image size is the render size).
         images (Sequence[ImageRef]): the photos, in the order of the returned rows.
-        views (int): number of views per photo (1 = centre view only).
+        views (int | Sequence[str]): number of views per photo (1 = centre view only;
+            ``n`` = centre + ``n - 1`` augmentations), or explicit view ids.
         store (FeatureStore): the cache.
         backbone_options (str): build options that change features (part of the key).
         batch_size (int): images per backbone call.
@@ -314,7 +341,7 @@ def extract_features(
         FeatureTable: ``float32[N, views, D]`` and how many vectors were computed / reused.
     """
     space = FeatureSpace.of(backbone, backbone_options)
-    wanted = view_ids(views)
+    wanted = view_ids(views) if isinstance(views, int) else list(views)
     cached = store.load(space)
     jobs = [
         (ref, missing)
@@ -362,11 +389,11 @@ def extract_features(
     features = (
         np.stack([np.stack([cached[(ref.sha256, v)] for v in wanted]) for ref in images])
         if images
-        else np.zeros((0, views, backbone.feature_dim), np.float32)
+        else np.zeros((0, len(wanted), backbone.feature_dim), np.float32)
     )
     return FeatureTable(
         features=features.astype(np.float32, copy=False),
         views=wanted,
         extracted=total_missing,
-        reused=len(images) * views - total_missing,
+        reused=len(images) * len(wanted) - total_missing,
     )

@@ -91,6 +91,8 @@ DEFAULT_DROPOUT = 0.5
 DEFAULT_LABEL_SMOOTHING = 0.1
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_SEED = 42
+DEFAULT_TTA_VIEWS = 1
+DEFAULT_POOLING = "avg"
 DEFAULT_FINE_TUNE_EPOCHS = 3
 FINE_TUNE_LR_FACTOR = 0.1
 PARITY_IMAGES = 16
@@ -110,7 +112,7 @@ class TrainingOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     learning_rate: float = DEFAULT_LEARNING_RATE
     backbone: str = DEFAULT_BACKBONE
-    backbone_options: tuple[tuple[str, str], ...] = ()
+    backbone_options: tuple[tuple[str, str], ...] = (("pooling", DEFAULT_POOLING),)
     image_size: int = DEFAULT_IMAGE_SIZE
     views: int = DEFAULT_VIEWS
     hidden_units: int = DEFAULT_HIDDEN_UNITS
@@ -118,6 +120,7 @@ class TrainingOptions:
     dropout: float = DEFAULT_DROPOUT
     label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     weight_decay: float = DEFAULT_WEIGHT_DECAY
+    tta_views: int = DEFAULT_TTA_VIEWS
     fine_tune_layers: int = 0
     fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS
     seed: int = DEFAULT_SEED
@@ -128,6 +131,10 @@ class TrainingOptions:
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (self.learning_rate > 0, f"--learning-rate must be > 0 (got {self.learning_rate})"),
             (1 <= self.views <= 64, f"--views must be between 1 and 64 (got {self.views})"),
+            (
+                self.tta_views in (1, 2, 4, 8),
+                f"--tta-views must be 1, 2, 4 or 8 (got {self.tta_views})",
+            ),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1) (got {self.dropout})"),
             (
                 0 <= self.input_dropout < 1,
@@ -392,7 +399,7 @@ def build_head(
 
     ``Normalization`` (per-feature mean/variance of the training features, frozen into
     the graph) -> ``Dropout(input_dropout)`` -> [``Dense(hidden_units, relu)`` ->
-    ``Dropout(dropout)``] -> ``Dense(K)`` named ``logits``.
+    ``Dropout(dropout)``] -> ``Dense(K)`` (``class_logits``).
 
     Args:
         train_features (np.ndarray): ``[..., D]`` training features (for the statistics).
@@ -413,7 +420,7 @@ def build_head(
     if options.hidden_units:
         x = keras.layers.Dense(options.hidden_units, activation="relu", name="hidden")(x)
         x = keras.layers.Dropout(options.dropout, seed=options.seed + 1, name="hidden_dropout")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    logits = keras.layers.Dense(num_classes, name="class_logits")(x)
     return keras.Model(features, logits, name="head")
 
 
@@ -637,6 +644,7 @@ def run_training(
         CENTER_VIEW,
         FeatureStore,
         ImageRef,
+        dihedral_view_ids,
         extract_features,
         view_ids,
     )
@@ -730,11 +738,11 @@ def run_training(
             val_table = extract_features(
                 backbone,
                 val_refs,
-                1,
+                dihedral_view_ids()[: options.tta_views],
                 feature_store,
                 backbone_options=options.backbone_options_key,
                 progress=progress,
-                description="features val",
+                description=f"features val ({options.tta_views} views)",
             )
         extracted = train_table.extracted + val_table.extracted
         reused = train_table.reused + val_table.reused
@@ -751,13 +759,15 @@ def run_training(
             head, history = train_head(
                 train_table.features,
                 y_train,
-                val_table.features,
+                val_table.features[:, :1],  # per-epoch curves: centre view
                 y_val,
                 len(labels),
                 options,
                 progress,
             )
-        model = export.compose_model(backbone.model, head, backbone.image_size)
+        model = export.compose_model(
+            backbone.model, head, backbone.image_size, tta_views=options.tta_views
+        )
         val_pixels = (
             render_images(
                 val_refs, [CENTER_VIEW], backbone.image_size, progress, "decoding val images"
@@ -792,7 +802,14 @@ def run_training(
                 del train_pixels
                 val_logits = export.keras_logits(model, val_pixels.astype(np.float32))
         else:
-            val_logits = export.keras_logits(head, val_table.features[:, 0], batch_size=256)
+            # what the exported graph computes: the mean logits over the TTA views
+            val_logits = np.mean(
+                [
+                    export.keras_logits(head, val_table.features[:, v], batch_size=256)
+                    for v in range(options.tta_views)
+                ],
+                axis=0,
+            )
 
         # 6. evaluation and calibration
         with _timed(timings, "evaluation"):
@@ -1030,6 +1047,14 @@ def train_command(
     views: Annotated[
         int, typer.Option(help="Cached views per training photo (1 = no augmentation).")
     ] = DEFAULT_VIEWS,
+    pooling: Annotated[
+        str,
+        typer.Option(help="Backbone pooling: avg, or avg+mid (Lite0: + block-6 average)."),
+    ] = DEFAULT_POOLING,
+    tta_views: Annotated[
+        int,
+        typer.Option(help="Dihedral views averaged inside the exported model (1, 2, 4, 8)."),
+    ] = DEFAULT_TTA_VIEWS,
     fine_tune_layers: Annotated[
         int, typer.Option(help="Unfreeze the top N backbone layers after the head (0 = off).")
     ] = 0,
@@ -1044,8 +1069,10 @@ def train_command(
         batch_size=batch_size,
         learning_rate=learning_rate,
         backbone=backbone,
+        backbone_options=(("pooling", pooling),),
         image_size=image_size,
         views=views,
+        tta_views=tta_views,
         fine_tune_layers=fine_tune_layers,
         fine_tune_epochs=fine_tune_epochs,
         seed=seed,
