@@ -8,19 +8,19 @@ handler (so the event loop blocks during decode and inference). Benchmarks only.
 Run: ``python benchmarks/naive_keras_server.py --export runs/skin5-current --port 8100``
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 from pathlib import Path
 
+from fastapi import FastAPI, File, UploadFile
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build_app(export: Path):  # noqa: ANN201 - FastAPI imported lazily
+def build_app(export: Path) -> FastAPI:
+    """The naive app for the export at ``export`` (loads the Keras model)."""
     import keras
     import numpy as np
-    from fastapi import FastAPI, File, UploadFile
 
     from skin_mlops.export_format import KERAS_MODEL_FILE, read_signature
     from skin_mlops.preprocessing import preprocess_bytes
@@ -31,11 +31,11 @@ def build_app(export: Path):  # noqa: ANN201 - FastAPI imported lazily
     app = FastAPI(title="naive keras baseline")
 
     @app.get("/ready")
-    async def ready() -> dict[str, bool]:
+    async def ready() -> dict:
         return {"ready": True}
 
     @app.post("/predict")
-    async def predict(file: UploadFile = File(...)) -> dict[str, object]:  # noqa: B008
+    async def predict(file: UploadFile = File(...)) -> dict:  # noqa: B008
         data = await file.read()
         x = preprocess_bytes(data, signature.image_size)
         logits = model.predict(x[None], verbose=0)[0] / signature.temperature
