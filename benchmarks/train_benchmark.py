@@ -185,8 +185,11 @@ def plain_training(work: Path, params: dict[str, str]) -> dict:
             progress.advance(task, len(chunk))
         adapted = time.perf_counter()
         keras.utils.set_random_seed(options.seed)
-        head = build_head(np.concatenate(stats), len(LABELS), options)
-        model = compose_model(backbone.model, head, options.image_size)
+        features = np.concatenate(stats)
+        heads = [build_head(features, len(LABELS), options, m) for m in range(options.heads)]
+        model = compose_model(
+            backbone.model, heads, options.image_size, tta_views=options.tta_views
+        )
         _compile(
             model,
             options.learning_rate,

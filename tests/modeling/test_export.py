@@ -166,3 +166,16 @@ def test_in_graph_dihedral_tta_is_the_mean_over_transformed_inputs(tmp_path, tin
 
     reloaded = keras.saving.load_model(staging / export_format.KERAS_MODEL_FILE)
     np.testing.assert_allclose(keras_logits(reloaded, images), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_head_ensemble_is_averaged_in_the_graph(tiny_backbone):
+    heads = [_head(tiny_backbone.feature_dim, seed=s) for s in (0, 1)]
+    for index, head in enumerate(heads):  # unique layer names, as train.build_head does
+        for layer in head.layers:
+            layer.name = f"{layer.name}_m{index}"
+    model = compose_model(tiny_backbone.model, heads, 32)
+    images = _images(4, 32, seed=3)
+    features = np.asarray(tiny_backbone.model(images, training=False))
+    expected = np.mean([keras_logits(h, features) for h in heads], axis=0)
+    np.testing.assert_allclose(keras_logits(model, images), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(expected, keras_logits(heads[0], features), atol=1e-4)

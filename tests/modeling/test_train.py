@@ -512,6 +512,26 @@ def test_options_round_trip_through_mlflow_params() -> None:
     assert TrainingOptions.from_params(params) == options
 
 
+def test_head_ensemble_run(
+    tmp_path, colour_dataset_factory, settings_factory, backbone_factory
+) -> None:
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 3, "val": 2})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    options = TrainingOptions(epochs=2, views=1, batch_size=4, heads=2)
+    result = run_training(
+        dataset.config_path,
+        settings=settings,
+        options=options,
+        backbone=backbone_factory(),
+        show_progress=False,
+    )
+    client = _client(settings)
+    assert len(client.get_metric_history(result.run_id, "head1_epoch_train_loss")) == 2
+    assert client.get_run(result.run_id).data.params["heads"] == "2"
+    assert result.parity_max_abs_prob_diff <= 1e-4
+
+
 def test_tta_run_exports_the_averaged_model(
     tmp_path,
     colour_dataset_factory,

@@ -17,6 +17,7 @@ The exported model is backbone + head in ONE graph: ``image`` float32[N, S, S, 3
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,11 +106,16 @@ _TTA_LAYERS: tuple[type, type] | None = None
 
 
 def compose_model(
-    backbone_model: keras.Model, head: keras.Model, image_size: int, *, tta_views: int = 1
+    backbone_model: keras.Model,
+    head: keras.Model | Sequence[keras.Model],
+    image_size: int,
+    *,
+    tta_views: int = 1,
 ) -> keras.Model:
     """``image`` -> backbone -> the head's layers -> ``logits``, as one functional model.
 
-    With ``tta_views`` > 1 the graph averages the logits of the first ``tta_views``
+    Several heads (an ensemble) have their logits averaged. With ``tta_views`` > 1 the
+    graph averages the logits of the first ``tta_views``
     dihedral transforms of the input (test-time augmentation inside the model, so ONNX
     and every server get it for free). The head's layers are reused (same weights); the
     graph's last layer is named ``logits`` (so the Keras and ONNX output are ``logits``).
@@ -123,11 +129,20 @@ def compose_model(
     if tta_views > 1:
         dihedral_views, _ = _tta_layers()
         x = dihedral_views(tta_views, name="tta_dihedral_views")(x)
-    x = backbone_model(x)
-    for layer in head.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        x = layer(x)
+    features = backbone_model(x)
+    member_logits = []
+    for member in [head] if isinstance(head, keras.Model) else list(head):
+        x = features
+        for layer in member.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            x = layer(x)
+        member_logits.append(x)
+    x = (
+        member_logits[0]
+        if len(member_logits) == 1
+        else keras.layers.Average(name="head_mean")(member_logits)
+    )
     if tta_views > 1:
         _, view_mean = _tta_layers()
         x = view_mean(tta_views, name=OUTPUT_NAME)(x)

@@ -92,6 +92,7 @@ DEFAULT_LABEL_SMOOTHING = 0.1
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_SEED = 42
 DEFAULT_TTA_VIEWS = 1
+DEFAULT_HEADS = 1
 DEFAULT_POOLING = "avg"
 DEFAULT_FINE_TUNE_EPOCHS = 3
 FINE_TUNE_LR_FACTOR = 0.1
@@ -120,6 +121,7 @@ class TrainingOptions:
     dropout: float = DEFAULT_DROPOUT
     label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     weight_decay: float = DEFAULT_WEIGHT_DECAY
+    heads: int = DEFAULT_HEADS
     tta_views: int = DEFAULT_TTA_VIEWS
     fine_tune_layers: int = 0
     fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS
@@ -131,6 +133,7 @@ class TrainingOptions:
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (self.learning_rate > 0, f"--learning-rate must be > 0 (got {self.learning_rate})"),
             (1 <= self.views <= 64, f"--views must be between 1 and 64 (got {self.views})"),
+            (1 <= self.heads <= 16, f"--heads must be between 1 and 16 (got {self.heads})"),
             (
                 self.tta_views in (1, 2, 4, 8),
                 f"--tta-views must be 1, 2, 4 or 8 (got {self.tta_views})",
@@ -393,7 +396,7 @@ def _epoch_callback(progress: Progress, task: Any, name: str, prefix: str = "") 
 
 
 def build_head(
-    train_features: np.ndarray, num_classes: int, options: TrainingOptions
+    train_features: np.ndarray, num_classes: int, options: TrainingOptions, member: int = 0
 ) -> keras.Model:
     """The classifier on top of the pooled features.
 
@@ -406,22 +409,25 @@ def build_head(
         num_classes (int): ``K``.
         options (TrainingOptions): head sizes and dropout rates; ``hidden_units=0`` gives
             a linear (multinomial logistic) head.
+        member (int): index in the ensemble (layer names and seeds differ per member).
     """
     import keras
 
     flat = train_features.reshape(-1, train_features.shape[-1]).astype(np.float64)
-    features = keras.Input((flat.shape[1],), name="features")
+    features = keras.Input((flat.shape[1],), name=f"features_{member}")
     x = keras.layers.Normalization(
         mean=flat.mean(axis=0).astype(np.float32),
         variance=np.maximum(flat.var(axis=0), 1e-12).astype(np.float32),
-        name="feature_norm",
+        name=f"feature_norm_{member}",
     )(features)
-    x = keras.layers.Dropout(options.input_dropout, seed=options.seed, name="input_dropout")(x)
+    seed = options.seed + 1000 * member
+    keras.utils.set_random_seed(seed)  # the member's initial weights
+    x = keras.layers.Dropout(options.input_dropout, seed=seed, name=f"input_dropout_{member}")(x)
     if options.hidden_units:
-        x = keras.layers.Dense(options.hidden_units, activation="relu", name="hidden")(x)
-        x = keras.layers.Dropout(options.dropout, seed=options.seed + 1, name="hidden_dropout")(x)
-    logits = keras.layers.Dense(num_classes, name="class_logits")(x)
-    return keras.Model(features, logits, name="head")
+        x = keras.layers.Dense(options.hidden_units, activation="relu", name=f"hidden_{member}")(x)
+        x = keras.layers.Dropout(options.dropout, seed=seed + 1, name=f"hidden_dropout_{member}")(x)
+    logits = keras.layers.Dense(num_classes, name=f"class_logits_{member}")(x)
+    return keras.Model(features, logits, name=f"head_{member}")
 
 
 def _compile(
@@ -484,9 +490,13 @@ def train_head(
     num_classes: int,
     options: TrainingOptions,
     progress: Progress,
+    member: int = 0,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train the head on cached features; return it and the per-epoch history."""
-    head = build_head(train_features, num_classes, options)
+    """Train one head on cached features; return it and its per-epoch history.
+
+    MLflow per-epoch names: ``epoch_*`` for the first member, ``head<i>_epoch_*`` else.
+    """
+    head = build_head(train_features, num_classes, options, member)
     n_samples = train_features.shape[0] * train_features.shape[1]
     _compile(
         head,
@@ -495,7 +505,8 @@ def train_head(
         _steps(n_samples, options.batch_size, options.epochs),
         steps_per_execution=HEAD_STEPS_PER_EXECUTION,
     )
-    task = progress.add_task("head epochs", total=options.epochs)
+    name = "head" if options.heads == 1 else f"head {member + 1}/{options.heads}"
+    task = progress.add_task(f"{name} epochs", total=options.epochs)
     fit = head.fit(
         feature_dataset(
             train_features,
@@ -503,7 +514,7 @@ def train_head(
             num_classes,
             options.batch_size,
             shuffle=True,
-            seed=options.seed,
+            seed=options.seed + member,
         ),
         validation_data=feature_dataset(
             val_features, val_labels, num_classes, 256, shuffle=False, seed=options.seed
@@ -511,10 +522,44 @@ def train_head(
         epochs=options.epochs,
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
         class_weight=class_weights(train_labels, num_classes),
-        callbacks=[_epoch_callback(progress, task, "head", prefix="epoch_")],
+        callbacks=[
+            _epoch_callback(
+                progress, task, name, prefix="epoch_" if member == 0 else f"head{member}_epoch_"
+            )
+        ],
         verbose=0,
     )
     return head, _history(fit.history)
+
+
+def train_heads(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    options: TrainingOptions,
+    progress: Progress,
+) -> tuple[list[keras.Model], dict[str, list[float]]]:
+    """Train ``options.heads`` heads (an ensemble averaged in the exported graph).
+
+    Returns the heads and the first head's history (the others are logged to MLflow).
+    """
+    heads, histories = [], []
+    for member in range(options.heads):
+        head, history = train_head(
+            train_features,
+            train_labels,
+            val_features,
+            val_labels,
+            num_classes,
+            options,
+            progress,
+            member,
+        )
+        heads.append(head)
+        histories.append(history)
+    return heads, histories[0]
 
 
 def _history(keras_history: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -684,6 +729,18 @@ def run_training(
     fingerprint = dataset_fingerprint(train_records + val_records)
     counts = Counter((r.split, r.label) for r in train_records + val_records)
 
+    # the backbone (a missing weights file fails here, before a run is opened)
+    with _timed(timings, "backbone"):
+        if backbone is None:
+            from skin_mlops.modeling.backbones import build_backbone
+
+            backbone = build_backbone(
+                options.backbone,
+                image_size=options.image_size,
+                weights_cache_dir=settings.weights_cache_dir,
+                **dict(options.backbone_options),
+            )
+
     keras.utils.set_random_seed(options.seed)
     progress = make_progress(console, show_progress)
     with mlflow.start_run(experiment_id=experiment_id) as run, progress:
@@ -706,17 +763,7 @@ def run_training(
         }
         mlflow.set_tags({"stage": "train", "dataset": config.dataset})
 
-        # 3. backbone and frozen features
-        with _timed(timings, "backbone"):
-            if backbone is None:
-                from skin_mlops.modeling.backbones import build_backbone
-
-                backbone = build_backbone(
-                    options.backbone,
-                    image_size=options.image_size,
-                    weights_cache_dir=settings.weights_cache_dir,
-                    **dict(options.backbone_options),
-                )
+        # 3. frozen features
         params.update(
             backbone=backbone.name,
             image_size=backbone.image_size,
@@ -756,7 +803,7 @@ def run_training(
 
         # 4. head on cached features
         with _timed(timings, "head_training"):
-            head, history = train_head(
+            heads, history = train_heads(
                 train_table.features,
                 y_train,
                 val_table.features[:, :1],  # per-epoch curves: centre view
@@ -766,7 +813,7 @@ def run_training(
                 progress,
             )
         model = export.compose_model(
-            backbone.model, head, backbone.image_size, tta_views=options.tta_views
+            backbone.model, heads, backbone.image_size, tta_views=options.tta_views
         )
         val_pixels = (
             render_images(
@@ -806,6 +853,7 @@ def run_training(
             val_logits = np.mean(
                 [
                     export.keras_logits(head, val_table.features[:, v], batch_size=256)
+                    for head in heads
                     for v in range(options.tta_views)
                 ],
                 axis=0,
@@ -1051,6 +1099,9 @@ def train_command(
         str,
         typer.Option(help="Backbone pooling: avg, or avg+mid (Lite0: + block-6 average)."),
     ] = DEFAULT_POOLING,
+    heads: Annotated[
+        int, typer.Option(help="Heads trained with different seeds, averaged in the model.")
+    ] = DEFAULT_HEADS,
     tta_views: Annotated[
         int,
         typer.Option(help="Dihedral views averaged inside the exported model (1, 2, 4, 8)."),
@@ -1072,6 +1123,7 @@ def train_command(
         backbone_options=(("pooling", pooling),),
         image_size=image_size,
         views=views,
+        heads=heads,
         tta_views=tta_views,
         fine_tune_layers=fine_tune_layers,
         fine_tune_epochs=fine_tune_epochs,
