@@ -30,8 +30,10 @@ def serve_command(
     import uvicorn
 
     from skin_mlops.api.main import create_app
+    from skin_mlops.api.memory import tune_malloc
     from skin_mlops.core.config import get_settings
 
+    tune_malloc()  # before the model and the worker threads allocate anything
     settings = get_settings()
     overrides = {
         key: value

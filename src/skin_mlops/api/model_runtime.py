@@ -332,10 +332,13 @@ class ModelRuntime:
             return ReloadOutcome(True, candidate.version, previous, "model swapped in")
 
     def _refuse(self, key: str | None, detail: str, previous: str | None) -> ReloadOutcome:
+        repeated = detail == self.last_error  # e.g. the link is still missing at every poll
         self.last_error = detail
         self._refused_key = key
-        self.metrics.reloads.labels(result="refused").inc()
         self.metrics.reload_failing.set(1)
+        if repeated:
+            return ReloadOutcome(False, previous, previous, f"refused: {detail}")
+        self.metrics.reloads.labels(result="refused").inc()
         if previous is None:
             log.warning("no model to serve yet: %s", detail)
         else:
