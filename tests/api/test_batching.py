@@ -50,3 +50,49 @@ def test_sequential_requests_run_alone(export_link, settings_for, live_server_fo
             response = client.post("/predict", files={"file": ("x.png", encode(two_tone("red")))})
             assert response.json()["batch_size"] == 1
     assert batch_size_histogram(live.url) == (5.0, 5.0)
+
+
+def test_a_batch_is_split_by_model_and_each_image_gets_its_models_answer(
+    export_link, tiny_models, settings_for
+) -> None:
+    """During a swap a batch can hold images of the old and the new model: one call each."""
+    import numpy as np
+    import pytest
+
+    from skin_mlops.api.batching import BatcherStoppedError, MicroBatcher
+    from skin_mlops.api.metrics import ApiMetrics
+    from skin_mlops.api.model_runtime import load_model
+    from skin_mlops.export_format import resolve_export_dir
+    from skin_mlops.preprocessing import preprocess_bytes
+
+    from .model_factory import IMAGE_SIZE, publish_tiny_export
+
+    settings = settings_for(export_link)
+    old = load_model(resolve_export_dir(export_link), "old", settings)
+    publish_tiny_export(export_link, tiny_models.v2, "v2")
+    new = load_model(resolve_export_dir(export_link), "new", settings)
+    pixels = preprocess_bytes(encode(two_tone("red")), IMAGE_SIZE)
+
+    async def scenario():  # noqa: ANN202
+        batcher = MicroBatcher(max_batch_size=8, max_wait_ms=50, metrics=ApiMetrics())
+        with pytest.raises(BatcherStoppedError):
+            await batcher.submit(old, pixels)  # not started yet
+        batcher.start()
+        models = [old, new, old, new]
+        reservations = [batcher.reserve() for _ in models]
+        results = await asyncio.gather(
+            *(batcher.submit(m, pixels, r) for m, r in zip(models, reservations, strict=True))
+        )
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r.model.version for r in results] == ["v1", "v2", "v1", "v2"]
+    assert [r.batch_size for r in results] == [2, 2, 2, 2]
+    np.testing.assert_allclose(
+        results[0].probabilities, old.probabilities(old.logits(pixels[None]))[0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        results[1].probabilities, new.probabilities(new.logits(pixels[None]))[0], atol=1e-6
+    )
+    assert not np.allclose(results[0].probabilities, results[1].probabilities, atol=1e-4)

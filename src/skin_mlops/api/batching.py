@@ -34,6 +34,10 @@ from skin_mlops.api.model_runtime import LoadedModel
 log = logging.getLogger("skin_mlops.api.batching")
 
 
+class BatcherStoppedError(RuntimeError):
+    """The batcher is not running (the server is starting or shutting down)."""
+
+
 @dataclass
 class BatchResult:
     """One image's output: calibrated probabilities and the model call it was part of."""
@@ -93,7 +97,7 @@ class MicroBatcher:
         self._worker = asyncio.create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Stop the worker; queued requests fail with :class:`RuntimeError`."""
+        """Stop the worker; queued requests fail with :class:`BatcherStoppedError`."""
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -104,7 +108,7 @@ class MicroBatcher:
         while self._pending:
             job = self._pending.popleft()
             if not job.future.done():
-                job.future.set_exception(RuntimeError("server is shutting down"))
+                job.future.set_exception(BatcherStoppedError("the server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -118,7 +122,7 @@ class MicroBatcher:
     ) -> BatchResult:
         """Queue one preprocessed image (``float32[S, S, 3]``) and await its result."""
         if self._worker is None or self._worker.done():
-            raise RuntimeError("the micro-batcher is not running")
+            raise BatcherStoppedError("the server is not accepting predictions right now")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Job(model, pixels, future))
         if reservation is not None:

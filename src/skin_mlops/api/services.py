@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import HTTPException, Request, UploadFile
 
 from skin_mlops import preprocessing
-from skin_mlops.api.batching import MicroBatcher
+from skin_mlops.api.batching import BatcherStoppedError, MicroBatcher
 from skin_mlops.api.metrics import ApiMetrics
 from skin_mlops.api.model_runtime import LoadedModel, ModelRuntime
 from skin_mlops.api.schemas import LabelProbability, Prediction
@@ -137,7 +137,10 @@ async def predict_bytes(services: Services, data: bytes, top_k: int) -> Predicti
             services.preprocess_pool,
             partial(_preprocess, data, model.image_size, services.settings.max_image_pixels),
         )
-        result = await services.batcher.submit(model, pixels, reservation)
+        try:
+            result = await services.batcher.submit(model, pixels, reservation)
+        except BatcherStoppedError as exc:
+            raise HTTPException(503, str(exc)) from None
     elapsed_ms = (time.perf_counter() - started) * 1000
     return build_prediction(
         services, result.model, result.probabilities, top_k, elapsed_ms, result.batch_size
