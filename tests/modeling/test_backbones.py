@@ -91,6 +91,10 @@ def test_larger_input_and_mid_level_pooling(weights_dir: Path) -> None:
     assert bigger.feature_dim == 1280 + 192
     out = np.asarray(bigger.model.predict(_photos(260), verbose=0))
     assert out.shape == (2, 1472) and np.isfinite(out).all()
+    multi = build_backbone(image_size=288, weights_cache_dir=weights_dir, pooling="multi")
+    assert multi.feature_dim == 1280 + 192 + 112 + 80
+    with pytest.raises(ConfigError, match="unknown pooling"):
+        build_backbone(weights_cache_dir=weights_dir, pooling="max")
 
 
 def test_explicit_padding_equals_tensorflow_same(weights_dir: Path) -> None:

@@ -42,7 +42,13 @@ if TYPE_CHECKING:
     import keras
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-Pooling = Literal["avg", "avg+mid"]
+Pooling = Literal["avg", "avg+mid", "multi"]
+# pooling -> layers whose global average is concatenated (after the head's 1280)
+LITE0_POOLED_LAYERS: dict[str, tuple[str, ...]] = {
+    "avg": (),
+    "avg+mid": ("block6d_add",),
+    "multi": ("block6d_add", "block5c_add", "block4c_add"),
+}
 
 
 @dataclass(frozen=True)
@@ -297,8 +303,9 @@ def build_efficientnet_lite0(
             (default: ``settings.weights_cache_dir``).
         include_top (bool): output the 1000 ImageNet logits instead of pooled features.
         pooling (str): ``"avg"``: global average of the 1280 head channels;
-            ``"avg+mid"``: that, concatenated with the global average of block 6's
-            output (192 channels) - a mid-level texture descriptor (1472 features).
+            ``"avg+mid"``: that + the global average of block 6's output (192 ch,
+            1472 features); ``"multi"``: that + blocks 5 and 4 (112 + 80 ch, 1664
+            features) - mid-level texture descriptors (best in benchmarks/quality_study).
     """
     import keras
     from keras import layers
@@ -321,14 +328,17 @@ def build_efficientnet_lite0(
         if pooling != "avg":
             raise ConfigError("include_top=True uses the ImageNet head; pooling must be 'avg'")
         return Backbone("efficientnet_lite0", model, source_sha, image_size, LITE0_CLASSES)
+    if pooling not in LITE0_POOLED_LAYERS:
+        raise ConfigError(f"unknown pooling {pooling!r} (choose {', '.join(LITE0_POOLED_LAYERS)})")
     features = model.get_layer("avg_pool").output
-    if pooling == "avg+mid":
-        mid = layers.GlobalAveragePooling2D(name="mid_avg_pool")(
-            model.get_layer("block6d_add").output
+    extra = [
+        layers.GlobalAveragePooling2D(name=f"{name.removesuffix('_add')}_avg_pool")(
+            model.get_layer(name).output
         )
-        features = layers.Concatenate(name="features")([features, mid])
-    elif pooling != "avg":
-        raise ConfigError(f"unknown pooling {pooling!r} (choose avg or avg+mid)")
+        for name in LITE0_POOLED_LAYERS[pooling]
+    ]
+    if extra:
+        features = layers.Concatenate(name="features")([features, *extra])
     feature_model = keras.Model(model.input, features, name="efficientnet_lite0_features")
     return Backbone(
         "efficientnet_lite0",
