@@ -377,6 +377,7 @@ def default_run() -> dict:
         "val_macro_f1",
         "val_ece_before_scaling",
         "val_ece_after_scaling",
+        "val_ece_floor_calibrated",
         "temperature",
     ):
         console.print(f"  {key}: {m[key]:.4f}")

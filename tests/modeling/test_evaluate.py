@@ -120,3 +120,17 @@ def test_plots_are_pngs(tmp_path) -> None:
         with Image.open(path) as image:
             assert image.format == "PNG"
             assert image.width > 300 and image.height > 200
+
+
+def test_ece_noise_floor_shrinks_with_more_photos() -> None:
+    from skin_mlops.modeling.evaluate import ece_noise_floor
+
+    rng = np.random.default_rng(1)
+    small = softmax(rng.normal(0, 2, (129, 5)))
+    large = softmax(rng.normal(0, 2, (20000, 5)))
+    floor_small, floor_large = ece_noise_floor(small), ece_noise_floor(large, draws=50)
+    assert 0.02 < floor_small < 0.15
+    assert floor_large < 0.01
+    # a model that really is calibrated measures about its floor
+    labels = np.array([rng.choice(5, p=p) for p in large])
+    assert expected_calibration_error(large, labels) < 3 * floor_large + 0.005

@@ -1059,6 +1059,7 @@ def _print_summary(result: TrainingResult, labels: list[str], console: Console) 
         "val_macro_f1",
         "val_ece_before_scaling",
         "val_ece_after_scaling",
+        "val_ece_floor_calibrated",
         "temperature",
     ):
         table.add_row(key, f"{m[key]:.4f}")
