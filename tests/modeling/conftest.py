@@ -38,7 +38,7 @@ def make_tiny_backbone(seed: int = 0, image_size: int = TINY_IMAGE_SIZE):
 
     keras.utils.set_random_seed(seed)
     image = keras.Input((image_size, image_size, 3), name="image")
-    scaled = keras.layers.Rescaling(1 / 255.0)(image)
+    scaled = keras.layers.Rescaling(1 / 255.0, name="tiny_rescale")(image)
     conv = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="tiny_conv")(scaled)
     conv = keras.layers.Conv2D(8, 3, activation="relu", name="tiny_conv2")(conv)
     features = keras.layers.Concatenate(name="tiny_features")(

@@ -207,7 +207,9 @@ def test_training_against_a_real_mlflow_server(
         dataset.config_path,
         settings=settings,
         backbone=backbone_factory(),
-        options=TrainingOptions(epochs=3, views=1, batch_size=4, learning_rate=0.05),
+        options=TrainingOptions(
+            fine_tune_layers=0, epochs=3, views=1, batch_size=4, learning_rate=0.05
+        ),
         show_progress=False,
     )
     client = mlflow.MlflowClient(mlflow_server)

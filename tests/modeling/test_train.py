@@ -31,8 +31,12 @@ from skin_mlops.dataset import run_ingestion
 from skin_mlops.metadata import read_lesions
 from skin_mlops.modeling.train import TrainingOptions, TrainingResult, run_training
 
-WEAK = TrainingOptions(epochs=1, learning_rate=1e-5, views=2, batch_size=8, seed=3)
-STRONG = TrainingOptions(epochs=12, learning_rate=0.05, views=2, batch_size=8, seed=3)
+WEAK = TrainingOptions(
+    fine_tune_layers=0, epochs=1, learning_rate=1e-5, views=2, batch_size=8, seed=3
+)
+STRONG = TrainingOptions(
+    fine_tune_layers=0, epochs=12, learning_rate=0.05, views=2, batch_size=8, seed=3
+)
 N_TRAIN, N_VAL = 8 * 3, 4 * 3
 
 
@@ -301,7 +305,7 @@ def test_images_come_from_the_object_store_when_files_are_gone(
         dataset.config_path,
         settings=settings,
         show_progress=False,
-        options=TrainingOptions(epochs=2, views=1, batch_size=4),
+        options=TrainingOptions(fine_tune_layers=0, epochs=2, views=1, batch_size=4),
         backbone=backbone_factory(),
     )
     records = read_lesions(dataset.db_path)
@@ -345,7 +349,19 @@ def test_fine_tuning_trains_the_top_of_the_backbone(
     client = _client(settings)
     history = client.get_metric_history(result.run_id, "finetune_epoch_train_loss")
     assert [m.step for m in history] == [1, 2]
-    assert client.get_run(result.run_id).data.params["fine_tune_layers"] == "1"
+    params = client.get_run(result.run_id).data.params
+    assert params["fine_tune_layers"] == "1"
+    assert params["fine_tune_cut"]  # the cached activation map's layer
+    # the exported graph (on pixels) matches the logits computed on cached maps
+    assert result.parity_max_abs_prob_diff <= 1e-4
+    again = run_training(
+        dataset.config_path,
+        settings=settings,
+        options=options,
+        backbone=backbone_factory(seed=5),
+        show_progress=False,
+    )
+    assert again.features_extracted == 0  # the activation maps are cached too
     assert result.parity_max_abs_prob_diff <= 1e-4
     signature = export_format.read_signature(result.published_dir)
     assert signature.run_id == result.run_id
@@ -444,9 +460,9 @@ def test_bad_options_are_config_errors() -> None:
     from skin_mlops.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--views"):
-        TrainingOptions(views=0)
+        TrainingOptions(fine_tune_layers=0, views=0)
     with pytest.raises(ConfigError, match="--epochs"):
-        TrainingOptions(epochs=0)
+        TrainingOptions(fine_tune_layers=0, epochs=0)
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -518,7 +534,7 @@ def test_head_ensemble_run(
     dataset = colour_dataset_factory(tmp_path, per_label={"train": 3, "val": 2})
     settings = settings_factory(tmp_path)
     run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
-    options = TrainingOptions(epochs=2, views=1, batch_size=4, heads=2)
+    options = TrainingOptions(fine_tune_layers=0, epochs=2, views=1, batch_size=4, heads=2)
     result = run_training(
         dataset.config_path,
         settings=settings,
@@ -541,7 +557,7 @@ def test_tta_run_exports_the_averaged_model(
     dataset = colour_dataset_factory(tmp_path, per_label={"train": 3, "val": 2})
     settings = settings_factory(tmp_path)
     run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
-    options = TrainingOptions(epochs=2, views=1, batch_size=4, tta_views=8)
+    options = TrainingOptions(fine_tune_layers=0, epochs=2, views=1, batch_size=4, tta_views=8)
     result = run_training(
         dataset.config_path,
         settings=settings,

@@ -105,6 +105,23 @@ def _tta_layers() -> tuple[type, type]:
 _TTA_LAYERS: tuple[type, type] | None = None
 
 
+def apply_heads(features: object, head: keras.Model | Sequence[keras.Model]) -> object:
+    """Apply a head's layers (or several heads', averaged) to a features tensor."""
+    import keras
+
+    member_logits = []
+    for member in [head] if isinstance(head, keras.Model) else list(head):
+        x = features
+        for layer in member.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            x = layer(x)
+        member_logits.append(x)
+    if len(member_logits) == 1:
+        return member_logits[0]
+    return keras.layers.Average(name="head_mean")(member_logits)
+
+
 def compose_model(
     backbone_model: keras.Model,
     head: keras.Model | Sequence[keras.Model],
@@ -129,20 +146,7 @@ def compose_model(
     if tta_views > 1:
         dihedral_views, _ = _tta_layers()
         x = dihedral_views(tta_views, name="tta_dihedral_views")(x)
-    features = backbone_model(x)
-    member_logits = []
-    for member in [head] if isinstance(head, keras.Model) else list(head):
-        x = features
-        for layer in member.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            x = layer(x)
-        member_logits.append(x)
-    x = (
-        member_logits[0]
-        if len(member_logits) == 1
-        else keras.layers.Average(name="head_mean")(member_logits)
-    )
+    x = apply_heads(backbone_model(x), head)
     if tta_views > 1:
         _, view_mean = _tta_layers()
         x = view_mean(tta_views, name=OUTPUT_NAME)(x)

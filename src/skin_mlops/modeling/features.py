@@ -360,7 +360,7 @@ def extract_features(
         keys: list[tuple[str, str]] = []
 
         def flush() -> None:
-            vectors = compute(np.stack(batch))
+            vectors = compute(np.stack(batch)).reshape(len(batch), -1)  # maps are flattened
             rows = [(sha, view, vec) for (sha, view), vec in zip(keys, vectors, strict=True)]
             store.put(space, rows)
             cached.update({(sha, view): vec for sha, view, vec in rows})

@@ -81,9 +81,9 @@ VAL_SPLIT = "val"
 # The default recipe (measured on dermnet5; see the benchmarks/ scripts and the report).
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_IMAGE_SIZE = 224
-DEFAULT_VIEWS = 17
+DEFAULT_VIEWS = 9
 DEFAULT_EPOCHS = 30
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 32
 DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_HIDDEN_UNITS = 512
 DEFAULT_INPUT_DROPOUT = 0.2
@@ -94,7 +94,8 @@ DEFAULT_SEED = 42
 DEFAULT_TTA_VIEWS = 1
 DEFAULT_HEADS = 1
 DEFAULT_POOLING = "avg+mid"
-DEFAULT_FINE_TUNE_EPOCHS = 3
+DEFAULT_FINE_TUNE_LAYERS = 8  # Lite0: block7a + top conv (cut at block6d_add)
+DEFAULT_FINE_TUNE_EPOCHS = 5
 FINE_TUNE_LR_FACTOR = 0.1
 PARITY_IMAGES = 16
 HEAD_STEPS_PER_EXECUTION = 16
@@ -123,7 +124,7 @@ class TrainingOptions:
     weight_decay: float = DEFAULT_WEIGHT_DECAY
     heads: int = DEFAULT_HEADS
     tta_views: int = DEFAULT_TTA_VIEWS
-    fine_tune_layers: int = 0
+    fine_tune_layers: int = DEFAULT_FINE_TUNE_LAYERS
     fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS
     seed: int = DEFAULT_SEED
 
@@ -589,51 +590,137 @@ def render_images(
     return out
 
 
-def fine_tune(
-    model: keras.Model,
-    backbone: Backbone,
-    train_pixels: np.ndarray,
+@dataclass(frozen=True)
+class BackboneSplit:
+    """A backbone cut in two at a block boundary, for cached fine-tuning.
+
+    ``bottom`` (frozen) maps images to the activation map at ``cut``; its outputs are
+    cached like features. ``top`` maps that activation to the pooled features and holds
+    every layer that fine-tuning unfreezes (its layers are the backbone's own objects, so
+    training ``top`` trains the exported model).
+    """
+
+    bottom: Backbone
+    top: keras.Model
+    cut: str
+    map_shape: tuple[int, ...]
+
+
+def split_backbone(backbone: Backbone, fine_tune_layers: int) -> BackboneSplit:
+    """Cut ``backbone`` just below its top ``fine_tune_layers`` weight-carrying layers.
+
+    The cut is the last layer before them whose output alone determines the rest of the
+    graph (a block boundary); found by trying to build the top sub-model from it.
+
+    Raises:
+        ConfigError: ``fine_tune_layers`` exceeds the backbone, or no cut exists.
+    """
+    import keras
+
+    from skin_mlops.modeling.backbones import Backbone as BackboneType
+
+    model = backbone.model
+    weighted = [layer for layer in model.layers if layer.weights]
+    if not 1 <= fine_tune_layers <= len(weighted):
+        raise ConfigError(
+            f"--fine-tune-layers must be between 1 and {len(weighted)} for {backbone.name} "
+            f"(got {fine_tune_layers})"
+        )
+    first = model.layers.index(weighted[-fine_tune_layers])
+    for candidate in reversed(model.layers[:first]):
+        if isinstance(candidate, keras.layers.InputLayer):
+            break
+        try:
+            top = keras.Model(candidate.output, model.output, name=f"{model.name}_top")
+        except Exception:  # noqa: BLE001 - not a separating cut (a skip connection crosses)
+            continue
+        map_shape = tuple(int(d) for d in candidate.output.shape[1:])
+        bottom_model = keras.Model(model.input, candidate.output, name=f"{model.name}_bottom")
+        bottom = BackboneType(
+            name=backbone.name,
+            model=bottom_model,
+            weights_sha256=backbone.weights_sha256,
+            image_size=backbone.image_size,
+            feature_dim=int(np.prod(map_shape)),
+        )
+        return BackboneSplit(bottom, top, candidate.name, map_shape)
+    raise ConfigError(f"no block boundary below the top {fine_tune_layers} layers to cut at")
+
+
+def pool_maps(top: keras.Model, maps: np.ndarray, map_shape: tuple[int, ...]) -> np.ndarray:
+    """Pooled features ``[N, V, D]`` of cached activation maps ``[N, V, prod(map)]``."""
+    n, views, _ = maps.shape
+    flat = maps.reshape(n * views, *map_shape)
+    out = [np.asarray(top(flat[i : i + 256], training=False)) for i in range(0, len(flat), 256)]
+    return np.concatenate(out).reshape(n, views, -1)
+
+
+def fine_tune_on_maps(
+    split: BackboneSplit,
+    backbone_model: keras.Model,
+    heads: Sequence[keras.Model],
+    train_maps: np.ndarray,
     train_labels: np.ndarray,
-    val_pixels: np.ndarray,
+    val_maps: np.ndarray,
     val_labels: np.ndarray,
     num_classes: int,
     options: TrainingOptions,
     progress: Progress,
-) -> dict[str, list[float]]:
-    """Unfreeze the top ``fine_tune_layers`` backbone layers and train through the images."""
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train the unfrozen top of the backbone and the heads on cached activation maps.
+
+    Same maths as fine-tuning through the images (the frozen bottom's output is what is
+    cached), without recomputing the bottom every epoch. BatchNorm stays frozen.
+
+    Returns:
+        The fine-tuning model (activation map -> logits) and its per-epoch history.
+    """
+    import keras
     import tensorflow as tf
 
     from skin_mlops.modeling.backbones import unfreeze_top_layers
+    from skin_mlops.modeling.export import apply_heads
 
-    unfrozen = unfreeze_top_layers(backbone.model, options.fine_tune_layers)
+    unfrozen = unfreeze_top_layers(backbone_model, options.fine_tune_layers)
     if unfrozen == 0:
         raise ConfigError(f"--fine-tune-layers {options.fine_tune_layers} unfreezes nothing")
+    maps = keras.Input(split.map_shape, name="activation_map")
+    model = keras.Model(maps, apply_heads(split.top(maps), heads), name="fine_tune")
+    n, views, _ = train_maps.shape
     _compile(
         model,
         options.fine_tune_learning_rate,
         options,
-        _steps(len(train_labels), options.batch_size, options.fine_tune_epochs),
+        _steps(n * views, options.batch_size, options.fine_tune_epochs),
+        steps_per_execution=4,
     )
-
-    def pipeline(pixels: np.ndarray, labels: np.ndarray, shuffle: bool, batch: int) -> Any:
-        one_hot = np.eye(num_classes, dtype=np.float32)[labels]
-        dataset = tf.data.Dataset.from_tensor_slices((pixels, one_hot))
-        if shuffle:
-            dataset = dataset.shuffle(len(labels), seed=options.seed, reshuffle_each_iteration=True)
-        return dataset.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
-
+    one_hot = np.eye(num_classes, dtype=np.float32)
+    train = (
+        tf.data.Dataset.from_tensor_slices(
+            (
+                train_maps.reshape(n * views, *split.map_shape),
+                one_hot[np.repeat(train_labels, views)],
+            )
+        )
+        .shuffle(n * views, seed=options.seed, reshuffle_each_iteration=True)
+        .batch(options.batch_size)
+        .prefetch(2)
+    )
+    val = tf.data.Dataset.from_tensor_slices(
+        (val_maps.reshape(len(val_maps), *split.map_shape), one_hot[val_labels])
+    ).batch(256)
     task = progress.add_task("fine-tune epochs", total=options.fine_tune_epochs)
     fit = model.fit(
-        pipeline(train_pixels, train_labels, True, options.batch_size),
-        validation_data=pipeline(val_pixels, val_labels, False, 32),
+        train,
+        validation_data=val,
         epochs=options.fine_tune_epochs,
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
-        class_weight=class_weights(train_labels, num_classes),
+        class_weight=class_weights(np.repeat(train_labels, views), num_classes),
         callbacks=[_epoch_callback(progress, task, "fine-tune", prefix="finetune_epoch_")],
         verbose=0,
     )
-    backbone.model.trainable = False
-    return {f"finetune_{k}": v for k, v in _history(fit.history).items()}
+    backbone_model.trainable = False
+    return model, {f"finetune_{k}": v for k, v in _history(fit.history).items()}
 
 
 # --- the stage ------------------------------------------------------------------------------
@@ -686,12 +773,10 @@ def run_training(
     from skin_mlops import export_format
     from skin_mlops.modeling import evaluate, export, tracking
     from skin_mlops.modeling.features import (
-        CENTER_VIEW,
         FeatureStore,
         ImageRef,
         dihedral_view_ids,
         extract_features,
-        view_ids,
     )
     from skin_mlops.storage import make_object_store
 
@@ -772,25 +857,38 @@ def run_training(
         )
         tracking.log_params(params)
         feature_store = FeatureStore(settings.feature_cache_dir)
+        val_views = dihedral_view_ids()[: options.tta_views]
+        split = (
+            split_backbone(backbone, options.fine_tune_layers) if options.fine_tune_layers else None
+        )
         with _timed(timings, "features"):
+            # with fine-tuning, the cache holds the activation map at the cut, and the
+            # pooled features are the (still frozen) top applied to it
+            extractor = split.bottom if split else backbone
+            cache_key = options.backbone_options_key + (f",cut={split.cut}" if split else "")
             train_table = extract_features(
-                backbone,
+                extractor,
                 train_refs,
                 options.views,
                 feature_store,
-                backbone_options=options.backbone_options_key,
+                backbone_options=cache_key,
                 progress=progress,
                 description=f"features train ({options.views} views)",
             )
             val_table = extract_features(
-                backbone,
+                extractor,
                 val_refs,
-                dihedral_view_ids()[: options.tta_views],
+                val_views,
                 feature_store,
-                backbone_options=options.backbone_options_key,
+                backbone_options=cache_key,
                 progress=progress,
                 description=f"features val ({options.tta_views} views)",
             )
+            if split:
+                train_features = pool_maps(split.top, train_table.features, split.map_shape)
+                val_features = pool_maps(split.top, val_table.features, split.map_shape)
+            else:
+                train_features, val_features = train_table.features, val_table.features
         extracted = train_table.extracted + val_table.extracted
         reused = train_table.reused + val_table.reused
         mlflow.log_metrics(
@@ -800,13 +898,15 @@ def run_training(
                 "images_downloaded": fetch.downloaded,
             }
         )
+        if split:
+            mlflow.log_param("fine_tune_cut", split.cut)
 
-        # 4. head on cached features
+        # 4. head(s) on cached features
         with _timed(timings, "head_training"):
             heads, history = train_heads(
-                train_table.features,
+                train_features,
                 y_train,
-                val_table.features[:, :1],  # per-epoch curves: centre view
+                val_features[:, :1],  # per-epoch curves: centre view
                 y_val,
                 len(labels),
                 options,
@@ -815,44 +915,41 @@ def run_training(
         model = export.compose_model(
             backbone.model, heads, backbone.image_size, tta_views=options.tta_views
         )
-        val_pixels = (
-            render_images(
-                val_refs, [CENTER_VIEW], backbone.image_size, progress, "decoding val images"
-            )
-            if options.fine_tune_layers
-            else None
-        )
 
-        # 5. optional fine-tuning through the images
-        if options.fine_tune_layers:
+        # 5. optional fine-tuning of the backbone's top, on the cached activation maps
+        if split:
             with _timed(timings, "fine_tuning"):
-                train_pixels = render_images(
-                    train_refs,
-                    view_ids(options.views),
-                    backbone.image_size,
+                fine_tuned, fine_tune_history = fine_tune_on_maps(
+                    split,
+                    backbone.model,
+                    heads,
+                    train_table.features,
+                    y_train,
+                    val_table.features[:, 0],
+                    y_val,
+                    len(labels),
+                    options,
                     progress,
-                    "decoding train images",
                 )
-                history.update(
-                    fine_tune(
-                        model,
-                        backbone,
-                        train_pixels,
-                        np.repeat(y_train, options.views),
-                        val_pixels,
-                        y_val,
-                        len(labels),
-                        options,
-                        progress,
-                    )
-                )
-                del train_pixels
-                val_logits = export.keras_logits(model, val_pixels.astype(np.float32))
+                history.update(fine_tune_history)
+            inference_net = fine_tuned
+            inference_inputs = [
+                val_table.features[:, v].reshape(len(val_refs), *split.map_shape)
+                for v in range(options.tta_views)
+            ]
         else:
-            # what the exported graph computes: the mean logits over the TTA views
+            inference_net = None
+            inference_inputs = []
+        # what the exported graph computes: the mean logits over heads and TTA views
+        if inference_net is not None:
+            val_logits = np.mean(
+                [export.keras_logits(inference_net, x, batch_size=64) for x in inference_inputs],
+                axis=0,
+            )
+        else:
             val_logits = np.mean(
                 [
-                    export.keras_logits(head, val_table.features[:, v], batch_size=256)
+                    export.keras_logits(head, val_features[:, v], batch_size=256)
                     for head in heads
                     for v in range(options.tta_views)
                 ],
@@ -879,19 +976,13 @@ def run_training(
 
         # 7. export (written to a staging folder, checked)
         with _timed(timings, "export"):
-            parity_refs = val_refs[:PARITY_IMAGES]
-            parity_pixels = (
-                val_pixels[:PARITY_IMAGES].astype(np.float32)
-                if val_pixels is not None
-                else np.stack(
-                    [
-                        preprocessing.preprocess_bytes(ref.load(), backbone.image_size)
-                        for ref in parity_refs
-                    ]
-                )
+            parity_pixels = np.stack(
+                [
+                    preprocessing.preprocess_bytes(ref.load(), backbone.image_size)
+                    for ref in val_refs[:PARITY_IMAGES]
+                ]
             )
-            if not options.fine_tune_layers:
-                _check_cache_consistency(model, parity_pixels, val_logits[:PARITY_IMAGES])
+            _check_cache_consistency(model, parity_pixels, val_logits[:PARITY_IMAGES])
             signature = export_format.ModelSignature(
                 model_version=export_version,
                 run_id=run_id,
@@ -1108,8 +1199,12 @@ def train_command(
         typer.Option(help="Dihedral views averaged inside the exported model (1, 2, 4, 8)."),
     ] = DEFAULT_TTA_VIEWS,
     fine_tune_layers: Annotated[
-        int, typer.Option(help="Unfreeze the top N backbone layers after the head (0 = off).")
-    ] = 0,
+        int,
+        typer.Option(
+            help="Fine-tune the top N backbone layers (weight layers, BatchNorm counted but "
+            "kept frozen) on cached activation maps after the head (0 = off)."
+        ),
+    ] = DEFAULT_FINE_TUNE_LAYERS,
     fine_tune_epochs: Annotated[
         int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
     ] = DEFAULT_FINE_TUNE_EPOCHS,
