@@ -252,8 +252,9 @@ def compare(epochs: int, views: int) -> dict:
     work = OUT / "train-bench"
     config = prepare_workdir(work)
     t_ingest = cli(work, "ingest", "--config", str(config), "--splits", "train", "val")
-    # One model, trained two ways: views / heads / TTA are fixed so that the plain way
-    # trains exactly the same model (an ensemble trained jointly by one fit would not be).
+    # One model, trained two ways: views / heads / TTA / fine-tuning are fixed so that the
+    # plain way (frozen backbone) trains exactly the same model (an ensemble trained jointly
+    # by one fit would not be).
     flags = [
         "train",
         "--dataset-config",
@@ -266,6 +267,8 @@ def compare(epochs: int, views: int) -> dict:
         "1",
         "--tta-views",
         "1",
+        "--fine-tune-layers",
+        "0",
     ]
     t_cold = cli(work, *flags)
     cold = latest_run(work)
