@@ -12,11 +12,14 @@ Top to bottom, one run does:
    the object store into that cache; every byte string is checked against its SHA-256;
 3. **frozen features** - the backbone's output per (image, view), computed once and kept
    in the feature cache (:mod:`skin_mlops.modeling.features`); ``views`` fixed augmented
-   views per training photo, the centre view for validation;
-4. **head** - trained on the cached features (a ``tf.data`` pipeline over the arrays),
-   class-balanced loss weights, seeded; an epoch costs milliseconds;
-5. **optional fine-tuning** (``--fine-tune-layers N``) - the top ``N`` backbone layers
-   unfrozen, lower learning rate, trained through the images (BatchNorm stays frozen);
+   views per training photo, the centre view (or its ``tta_views`` dihedral transforms)
+   for validation. With fine-tuning, the cache holds the activation map at the cut
+   below the layers to tune, and the pooled features are the frozen top applied to it;
+4. **head(s)** - trained on the cached features (a ``tf.data`` pipeline over the arrays),
+   class-balanced loss weights, seeded; an epoch costs milliseconds to a second;
+5. **fine-tuning** (``--fine-tune-layers N``, 0 = off) - the top ``N`` backbone layers
+   (BatchNorm counted, kept frozen) and the heads trained at a lower learning rate on the
+   cached activation maps: the frozen part below the cut is never recomputed;
 6. **evaluation** - temperature fitted on val, ECE before/after, per-class metrics,
    confusion matrix and reliability diagram PNGs (:mod:`skin_mlops.modeling.evaluate`);
 7. **export** - backbone + head in one graph, ``model.keras`` + ``model.onnx`` checked
