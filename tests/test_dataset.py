@@ -624,8 +624,13 @@ def test_sigkill_at_random_moments_then_a_clean_run_leaves_db_and_store_in_agree
         )
     env = {**os.environ, "LOCAL_OBJECT_ROOT": str(raw_dataset.objects)}
     command = [script, "ingest", "--config", str(raw_dataset.config_path)]
+    bucket_dir = raw_dataset.objects / raw_dataset.bucket
+
+    def stored() -> int:
+        return sum(1 for _ in bucket_dir.rglob("*.jpg")) if bucket_dir.exists() else 0
+
     killed = 0
-    for _ in range(5):
+    for attempt in range(5):
         process = subprocess.Popen(
             command,
             env=env,
@@ -633,12 +638,21 @@ def test_sigkill_at_random_moments_then_a_clean_run_leaves_db_and_store_in_agree
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.3, 3.0))
+        if attempt == 0:
+            # Early: during start-up / the scan (before any upload).
+            time.sleep(rng.uniform(0.05, 0.8))
+        else:
+            # Mid-upload, whatever the machine's speed: once a random number of new objects
+            # landed (at most half of what is left, so every kill interrupts real work).
+            target = stored() + rng.randint(1, max(1, (800 - stored()) // 2))
+            deadline = time.monotonic() + 120
+            while process.poll() is None and stored() < target and time.monotonic() < deadline:
+                time.sleep(0.002)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
         process.wait()
-    assert killed >= 3  # most runs were really interrupted
+    assert killed >= 4, (killed, stored())  # the runs were really interrupted
     clean = subprocess.run(command, env=env, cwd=raw_dataset.root, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
 
