@@ -105,6 +105,23 @@ def test_champion_moves_only_to_a_strictly_better_model(tmp_path, mlflow_db_temp
     assert tracking.champion_score(client, name) == ("4", 0.6)
 
 
+def test_an_equal_score_never_takes_champion_whatever_its_decimals(tmp_path, mlflow_db_template):
+    import mlflow
+
+    settings = load_settings(
+        mlflow_tracking_uri=_store(tmp_path, mlflow_db_template),
+        mlflow_artifact_root=tmp_path / "artifacts",
+    )
+    experiment_id = tracking.connect(settings)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    score = 0.74083612345678  # more decimals than a rounded tag would keep
+    first = _log_candidate(experiment_id, score, "m")[1]
+    second = _log_candidate(experiment_id, score, "m")[1]
+    assert first.promoted and not second.promoted
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    assert tracking.champion_score(client, "m") == ("1", score)
+
+
 def test_champion_score_falls_back_to_the_run_metric(tmp_path, mlflow_db_template):
     import mlflow
 

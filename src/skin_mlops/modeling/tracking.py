@@ -266,7 +266,8 @@ def register_and_promote(
 
     client = mlflow.MlflowClient()
     previous = champion_score(client, model_name)
-    version_tags = {SELECTION_METRIC: f"{score:.6f}", "run_id": run_id, **(tags or {})}
+    # Full precision (repr round-trips): a rounded tag would let an equal model "beat" it.
+    version_tags = {SELECTION_METRIC: repr(float(score)), "run_id": run_id, **(tags or {})}
     version = mlflow.register_model(model_uri, model_name, tags=version_tags)
     promoted = previous is None or score > previous[1]
     if promoted:
