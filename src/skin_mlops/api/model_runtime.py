@@ -99,15 +99,18 @@ class LoadedModel:
         return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, memory_arena: bool = False) -> ort.SessionOptions:
     """ONNX Runtime options for a small CPU box shared with the image decoding threads.
 
     Sequential execution with ``intra_op_threads`` threads per operator, one inter-op
     thread, full graph optimisation, and no spin-waiting (spinning threads would steal the
-    cores the decode/preprocess pool needs between batches). The CPU memory arena is off:
-    with it, the activations of the largest batch stay resident for good (measured with
-    EfficientNet-Lite0 at 224 and batches up to 16: +240 MiB with the arena, +95 MiB
-    without, the memory pattern planner still reusing buffers within a run).
+    cores the decode/preprocess pool needs between batches).
+
+    ``memory_arena`` (setting ``ORT_MEMORY_ARENA``, default off): with ONNX Runtime's CPU
+    arena the activations of the largest batch stay resident for good (Lite0 at 288 px:
+    +~60 MiB after batches up to 8); without it they go back to malloc, whose blocks the
+    process reuses (see :mod:`skin_mlops.api.memory`). Same latency either way here
+    (~9-10 ms per batch-1 call, 2 threads).
     """
     import onnxruntime as ort
 
@@ -116,7 +119,7 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = False
+    options.enable_cpu_mem_arena = memory_arena
     options.enable_mem_pattern = True
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -172,7 +175,9 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
     try:
         session = ort.InferenceSession(
             str(folder / export_format.ONNX_MODEL_FILE),
-            sess_options=session_options(settings.ort_intra_op_threads),
+            sess_options=session_options(
+                settings.ort_intra_op_threads, settings.ort_memory_arena
+            ),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
