@@ -127,6 +127,9 @@ def test_the_run_has_every_param_metric_and_artifact(workspace: Workspace) -> No
     ):
         assert key in params, key
     assert params["epochs"] == "12" and params["backbone"] == "tiny_test"
+    # the frozen backbone ran on ONNX Runtime, from the converted file in the weights cache
+    assert params["feature_engine"] == "onnxruntime"
+    assert list((workspace.settings.weights_cache_dir / "onnx").glob("backbone-*.onnx"))
     assert params["image_size"] == "32" and params["learning_rate"] == "0.05"
     for split, count in (("train", 8), ("val", 4)):
         for label in workspace.labels:
@@ -351,6 +354,7 @@ def test_fine_tuning_trains_the_top_of_the_backbone(
     assert [m.step for m in history] == [1, 2]
     params = client.get_run(result.run_id).data.params
     assert params["fine_tune_layers"] == "1"
+    assert params["feature_engine"] == "keras"  # activation maps at the cut: Keras
     assert params["fine_tune_cut"]  # the cached activation map's layer
     # the exported graph (on pixels) matches the logits computed on cached maps
     assert result.parity_max_abs_prob_diff <= 1e-4

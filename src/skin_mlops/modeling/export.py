@@ -5,7 +5,8 @@ The exported model is backbone + head in ONE graph: ``image`` float32[N, S, S, 3
 
 1. :func:`compose_model` - the inference graph from the backbone and the trained head,
    optionally averaging the logits of the input's dihedral transforms (in-graph TTA);
-2. :func:`write_export` - ``model/model.keras``, ``model/model.onnx`` (``tf2onnx``), a
+2. :func:`write_export` - ``model/model.keras``, ``model/model.onnx`` (``tf2onnx``; the
+   backbone's conversion is cached and only the head is converted per run), a
    parity check (ONNX Runtime vs Keras on real inputs: calibrated probabilities within
    ``1e-4``, identical top-1) and ``export_format.write_metadata``; a failed check raises
    :class:`ExportError` and nothing is published;
@@ -200,6 +201,56 @@ def convert_to_onnx(model: keras.Model, path: Path, image_size: int) -> Path:
     return path
 
 
+def heads_model(head: keras.Model | Sequence[keras.Model], feature_dim: int) -> keras.Model:
+    """``features`` float32[N, D] -> ``logits``: the head(s) alone (ensemble averaged)."""
+    import keras
+
+    features = keras.Input((feature_dim,), name="features", dtype="float32")
+    return keras.Model(features, apply_heads(features, head), name="skin_heads")
+
+
+def compose_onnx(backbone_onnx: Path, heads: keras.Model, path: Path) -> Path:
+    """``model.onnx`` = the cached backbone ONNX followed by the converted head(s).
+
+    Only the small head is converted (``tf2onnx``); ``onnx.compose.merge_models`` wires
+    the backbone's output into it. The result has the same input (``image``) and output
+    (``logits``) as a whole-model conversion and is held to the same parity check.
+    """
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from onnx import compose
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width = int(heads.inputs[0].shape[-1])
+    spec = (tf.TensorSpec((None, width), tf.float32, name="features"),)
+    try:
+        head_proto, _ = tf2onnx.convert.from_keras(heads, input_signature=spec, opset=ONNX_OPSET)
+        backbone_proto = onnx.load(str(backbone_onnx))
+        head_proto = compose.add_prefix(head_proto, "head/")
+        merged = compose.merge_models(
+            backbone_proto,
+            head_proto,
+            io_map=[(backbone_proto.graph.output[0].name, head_proto.graph.input[0].name)],
+        )
+        (output,) = merged.graph.output
+        if output.name != OUTPUT_NAME:
+            renamed = onnx.ValueInfoProto()
+            renamed.CopyFrom(output)
+            renamed.name = OUTPUT_NAME
+            merged.graph.node.append(
+                onnx.helper.make_node("Identity", [output.name], [OUTPUT_NAME], name=OUTPUT_NAME)
+            )
+            merged.graph.output.remove(output)
+            merged.graph.output.append(renamed)
+        onnx.checker.check_model(merged)
+        onnx.save(merged, str(path))
+    except Exception as exc:  # noqa: BLE001 - converter/merge failures become one line
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
+    return path
+
+
 @dataclass(frozen=True)
 class ParityReport:
     """ONNX Runtime vs Keras on the same inputs."""
@@ -253,21 +304,34 @@ def write_export(
     parity_images: np.ndarray,
     *,
     tolerance: float = PARITY_TOLERANCE,
+    reference_logits: np.ndarray | None = None,
+    backbone_onnx: Path | None = None,
+    heads: keras.Model | None = None,
 ) -> ExportResult:
     """Write ``model.keras``, ``model.onnx`` and the metadata into ``folder``, checked.
 
-    The ONNX model is run with ONNX Runtime on ``parity_images`` and compared with Keras;
-    the signature's input/output names are taken from the ONNX graph.
+    The ONNX model is run with ONNX Runtime on ``parity_images`` and compared with Keras
+    (``reference_logits``: the Keras model's logits on them, when the caller has them);
+    the signature's input/output names are taken from the ONNX graph. With
+    ``backbone_onnx`` (the cached backbone, :mod:`skin_mlops.modeling.onnx_backbone`) and
+    ``heads`` (:func:`heads_model`), only the head is converted (:func:`compose_onnx`);
+    otherwise the whole model is (:func:`convert_to_onnx`).
 
     Raises:
         ExportError: conversion failed or the parity check did not pass.
     """
     (folder / export_format.KERAS_MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
     model.save(folder / export_format.KERAS_MODEL_FILE)
-    onnx_path = convert_to_onnx(model, folder / export_format.ONNX_MODEL_FILE, signature.image_size)
+    onnx_file = folder / export_format.ONNX_MODEL_FILE
+    if backbone_onnx is not None and heads is not None:
+        onnx_path = compose_onnx(backbone_onnx, heads, onnx_file)
+    else:
+        onnx_path = convert_to_onnx(model, onnx_file, signature.image_size)
     session = onnx_session(onnx_path)
+    if reference_logits is None:
+        reference_logits = keras_logits(model, parity_images)
     parity = compare_logits(
-        keras_logits(model, parity_images),
+        reference_logits,
         onnx_logits(session, parity_images),
         signature.temperature,
         tolerance,

@@ -323,6 +323,7 @@ def extract_features(
     workers: int = 2,
     progress: Progress | None = None,
     description: str = "extracting features",
+    compute: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> FeatureTable:
     """Features of ``images`` x ``views``; computes and stores only the missing ones.
 
@@ -336,6 +337,9 @@ def extract_features(
         batch_size (int): images per backbone call.
         workers (int): decoding threads.
         progress (Progress | None): a rich progress to add a task to.
+        compute (Callable | None): ``float32[B, S, S, 3] -> float32[B, D]`` computing the
+            backbone (e.g. its ONNX Runtime twin from
+            :mod:`skin_mlops.modeling.onnx_backbone`); default: the Keras model.
 
     Returns:
         FeatureTable: ``float32[N, views, D]`` and how many vectors were computed / reused.
@@ -355,7 +359,7 @@ def extract_features(
         else None
     )
     if total_missing:
-        compute = make_feature_function(backbone, batch_size)
+        compute = compute or make_feature_function(backbone, batch_size)
         batch: list[np.ndarray] = []
         keys: list[tuple[str, str]] = []
 

@@ -780,6 +780,7 @@ def run_training(
     from skin_mlops import export_format
     from skin_mlops.modeling import evaluate, export, tracking
     from skin_mlops.modeling.features import (
+        FeatureSpace,
         FeatureStore,
         ImageRef,
         dihedral_view_ids,
@@ -868,6 +869,22 @@ def run_training(
         split = (
             split_backbone(backbone, options.fine_tune_layers) if options.fine_tune_layers else None
         )
+        backbone_onnx: Path | None = None
+        if split is None:
+            # the frozen backbone on ONNX Runtime (converted once per feature space, cached)
+            with _timed(timings, "backbone_onnx"):
+                from skin_mlops.modeling.onnx_backbone import (
+                    ensure_backbone_onnx,
+                    onnx_feature_function,
+                )
+
+                backbone_onnx = ensure_backbone_onnx(
+                    backbone,
+                    FeatureSpace.of(backbone, options.backbone_options_key).key,
+                    settings.weights_cache_dir,
+                )
+        mlflow.log_param("feature_engine", "onnxruntime" if backbone_onnx else "keras")
+        compute = onnx_feature_function(backbone_onnx) if backbone_onnx else None
         with _timed(timings, "features"):
             # with fine-tuning, the cache holds the activation map at the cut, and the
             # pooled features are the (still frozen) top applied to it
@@ -881,6 +898,7 @@ def run_training(
                 backbone_options=cache_key,
                 progress=progress,
                 description=f"features train ({options.views} views)",
+                compute=compute,
             )
             val_table = extract_features(
                 extractor,
@@ -890,6 +908,7 @@ def run_training(
                 backbone_options=cache_key,
                 progress=progress,
                 description=f"features val ({options.tta_views} views)",
+                compute=compute,
             )
             if split:
                 train_features = pool_maps(split.top, train_table.features, split.map_shape)
@@ -989,7 +1008,8 @@ def run_training(
                     for ref in val_refs[:PARITY_IMAGES]
                 ]
             )
-            _check_cache_consistency(model, parity_pixels, val_logits[:PARITY_IMAGES])
+            keras_parity_logits = export.keras_logits(model, parity_pixels)
+            _check_cache_consistency(keras_parity_logits, val_logits[:PARITY_IMAGES])
             signature = export_format.ModelSignature(
                 model_version=export_version,
                 run_id=run_id,
@@ -1008,7 +1028,16 @@ def run_training(
             )
             staging = export_format.new_version_dir(Path(settings.model_dir), export_version)
             try:
-                result = export.write_export(model, signature, staging, parity_pixels)
+                fast_onnx = backbone_onnx is not None and options.tta_views == 1
+                result = export.write_export(
+                    model,
+                    signature,
+                    staging,
+                    parity_pixels,
+                    reference_logits=keras_parity_logits,
+                    backbone_onnx=backbone_onnx if fast_onnx else None,
+                    heads=export.heads_model(heads, backbone.feature_dim) if fast_onnx else None,
+                )
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -1127,14 +1156,11 @@ def _write_plots(
     return folder
 
 
-def _check_cache_consistency(
-    model: keras.Model, pixels: np.ndarray, cached_logits: np.ndarray
-) -> None:
-    """The exported graph on real pixels must give the logits the cached features gave."""
+def _check_cache_consistency(fresh: np.ndarray, cached_logits: np.ndarray) -> None:
+    """The exported Keras graph's logits on real pixels (``fresh``) must be the logits
+    the cached features gave."""
     from skin_mlops.modeling.evaluate import softmax
-    from skin_mlops.modeling.export import keras_logits
 
-    fresh = keras_logits(model, pixels)
     gap = float(np.max(np.abs(softmax(fresh) - softmax(cached_logits)), initial=0.0))
     if gap > 1e-3:
         raise DataError(

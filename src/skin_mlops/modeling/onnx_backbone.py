@@ -1,0 +1,151 @@
+"""The frozen backbone as an ONNX model: faster feature extraction, faster export.
+
+The backbone never changes for a given feature space (name, options, weights, image size),
+so it is converted to ONNX **once** (``tf2onnx.convert.from_keras``) and cached under
+``<weights_cache_dir>/onnx/``, keyed by the feature space and the converter's version.
+Two things use the cached file:
+
+* **feature extraction** runs it on ONNX Runtime instead of TensorFlow: measured here on
+  Lite0 at 288 px with pooling ``multi``, batch 32, 2 cores: 8.8 ms per image vs
+  18.7 ms in a compiled ``tf.function``; the vectors agree with Keras to ~1e-5
+  (float32 round-off), which is why the cache key does not name the engine;
+* **export** (:func:`skin_mlops.modeling.export.write_export`) appends the converted head
+  to it (``onnx.compose``) instead of converting backbone + head again.
+
+A conversion is accepted only if ONNX Runtime reproduces the Keras backbone on seeded
+random inputs (max |difference| <= ``1e-4 * max|feature| + 1e-5``); otherwise, or when
+the converter fails, the caller gets ``None`` and falls back to Keras - slower, never
+wrong. Files are written to a temporary name and renamed, so a reader never sees half
+a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from skin_mlops.modeling.backbones import Backbone
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+INPUT_NAME = "image"
+CHECK_IMAGES = 2
+RELATIVE_TOLERANCE = 1e-4
+ABSOLUTE_TOLERANCE = 1e-5
+
+
+def converter_version() -> str:
+    """tf2onnx and onnx versions (a different converter may write a different graph)."""
+    import onnx
+    import tf2onnx
+
+    return f"tf2onnx-{tf2onnx.__version__}+onnx-{onnx.__version__}"
+
+
+def backbone_onnx_path(space_key: str, cache_dir: Path) -> Path:
+    """Where the ONNX file of a feature space lives (``<cache_dir>/onnx/<digest>.onnx``)."""
+    digest = hashlib.sha256(f"{space_key}|{converter_version()}".encode()).hexdigest()[:24]
+    return Path(cache_dir) / "onnx" / f"backbone-{digest}.onnx"
+
+
+def session(path: Path, threads: int = 0) -> object:
+    """An ONNX Runtime CPU session (``threads`` 0 = one per core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _check_images(image_size: int) -> np.ndarray:
+    rng = np.random.default_rng(20261127)
+    return rng.uniform(0, 255, (CHECK_IMAGES, image_size, image_size, 3)).astype(np.float32)
+
+
+def _agrees(backbone: Backbone, path: Path) -> tuple[bool, float]:
+    images = _check_images(backbone.image_size)
+    reference = np.asarray(backbone.model(images, training=False), dtype=np.float32)
+    onnx_session = session(path)
+    name = onnx_session.get_inputs()[0].name  # type: ignore[attr-defined]
+    candidate = onnx_session.run(None, {name: images})[0]  # type: ignore[attr-defined]
+    if candidate.shape != reference.shape:
+        return False, float("inf")
+    gap = float(np.max(np.abs(candidate - reference), initial=0.0))
+    bound = RELATIVE_TOLERANCE * float(np.max(np.abs(reference), initial=0.0)) + ABSOLUTE_TOLERANCE
+    return gap <= bound, gap
+
+
+def ensure_backbone_onnx(backbone: Backbone, space_key: str, cache_dir: Path) -> Path | None:
+    """The cached ONNX file of ``backbone`` (converted and checked on first use).
+
+    Args:
+        backbone (Backbone): the built Keras backbone.
+        space_key (str): :attr:`skin_mlops.modeling.features.FeatureSpace.key` of the
+            backbone with its options (names the cache entry).
+        cache_dir (Path): ``settings.weights_cache_dir``.
+
+    Returns:
+        Path | None: the ONNX file, or ``None`` when it cannot be converted faithfully
+        (the reason is logged; callers fall back to the Keras backbone).
+    """
+    path = backbone_onnx_path(space_key, cache_dir)
+    if path.is_file():
+        return path
+    import tensorflow as tf
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".backbone-", suffix=".onnx.tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    size = backbone.image_size
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name=INPUT_NAME),)
+    try:
+        tf2onnx.convert.from_keras(
+            backbone.model, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp)
+        )
+        ok, gap = _agrees(backbone, tmp)
+        if not ok:
+            log.warning(
+                "ONNX conversion of backbone %s disagrees with Keras (max |diff| %.2e): "
+                "extracting features with Keras",
+                backbone.name,
+                gap,
+            )
+            return None
+        os.replace(tmp, path)
+        return path
+    except Exception as exc:  # noqa: BLE001 - any converter failure: use Keras instead
+        log.warning(
+            "backbone %s cannot be converted to ONNX (%s: %s): extracting features with Keras",
+            backbone.name,
+            type(exc).__name__,
+            exc,
+        )
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def onnx_feature_function(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """``float32[B, S, S, 3] -> float32[B, D]`` on ONNX Runtime (any batch size)."""
+    onnx_session = session(path)
+    name = onnx_session.get_inputs()[0].name  # type: ignore[attr-defined]
+
+    def features(batch: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(batch, dtype=np.float32)
+        return onnx_session.run(None, {name: pixels})[0]  # type: ignore[attr-defined]
+
+    return features

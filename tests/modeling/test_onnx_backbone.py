@@ -1,0 +1,141 @@
+"""The frozen backbone on ONNX Runtime: converted once, checked, cached, and the export
+built from it (backbone ONNX + converted head) equals the Keras model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skin_mlops import export_format
+from skin_mlops.modeling import onnx_backbone
+from skin_mlops.modeling.export import (
+    compose_model,
+    heads_model,
+    keras_logits,
+    onnx_logits,
+    onnx_session,
+    write_export,
+)
+from skin_mlops.modeling.features import (
+    FeatureSpace,
+    FeatureStore,
+    ImageRef,
+    extract_features,
+)
+from skin_mlops.preprocessing import PREPROCESSING_ID
+
+
+def _images(n: int, size: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+
+
+def test_conversion_is_cached_and_matches_keras(tmp_path: Path, tiny_backbone) -> None:
+    key = FeatureSpace.of(tiny_backbone).key
+    path = onnx_backbone.ensure_backbone_onnx(tiny_backbone, key, tmp_path)
+    assert path is not None and path.is_file()
+    assert path.parent == tmp_path / "onnx"
+    first_mtime = path.stat().st_mtime_ns
+    # a second call finds the file: no new conversion
+    assert onnx_backbone.ensure_backbone_onnx(tiny_backbone, key, tmp_path) == path
+    assert path.stat().st_mtime_ns == first_mtime
+    assert not list(path.parent.glob(".backbone-*"))  # no temp file left behind
+    # another feature space gets another file
+    other = onnx_backbone.backbone_onnx_path(key + "|other", tmp_path)
+    assert other != path
+
+    images = _images(5, 32)
+    features = onnx_backbone.onnx_feature_function(path)(images)
+    expected = np.asarray(tiny_backbone.model(images, training=False))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failed_conversion_falls_back_to_none(
+    tmp_path: Path, tiny_backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tf2onnx
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(tf2onnx.convert, "from_keras", broken)
+    key = FeatureSpace.of(tiny_backbone).key
+    assert onnx_backbone.ensure_backbone_onnx(tiny_backbone, key, tmp_path) is None
+    assert not list((tmp_path / "onnx").iterdir())  # nothing half-written is kept
+
+
+def test_extraction_on_onnx_runtime_equals_keras(tmp_path: Path, tiny_backbone) -> None:
+    import io
+
+    from PIL import Image
+
+    refs = []
+    for i in range(6):
+        pixels = np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        refs.append(ImageRef(f"{i:064x}", (lambda d=data: d), f"p{i}.png"))
+    onnx_file = onnx_backbone.ensure_backbone_onnx(
+        tiny_backbone, FeatureSpace.of(tiny_backbone).key, tmp_path / "weights"
+    )
+    assert onnx_file is not None
+    on_ort = extract_features(
+        tiny_backbone,
+        refs,
+        3,
+        FeatureStore(tmp_path / "ort"),
+        batch_size=4,
+        compute=onnx_backbone.onnx_feature_function(onnx_file),
+    )
+    on_keras = extract_features(
+        tiny_backbone, refs, 3, FeatureStore(tmp_path / "keras"), batch_size=4
+    )
+    assert on_ort.extracted == on_keras.extracted == 18
+    np.testing.assert_allclose(on_ort.features, on_keras.features, rtol=1e-4, atol=1e-5)
+
+
+def test_export_from_the_cached_backbone_equals_the_keras_model(
+    tmp_path: Path, tiny_backbone
+) -> None:
+    import keras
+
+    keras.utils.set_random_seed(3)
+    features = keras.Input((tiny_backbone.feature_dim,))
+    hidden = keras.layers.Dense(16, activation="relu")(features)
+    head = keras.Model(features, keras.layers.Dense(3, name="class_logits")(hidden))
+    model = compose_model(tiny_backbone.model, head, 32)
+    backbone_onnx = onnx_backbone.ensure_backbone_onnx(
+        tiny_backbone, FeatureSpace.of(tiny_backbone).key, tmp_path
+    )
+    signature = export_format.ModelSignature(
+        model_version="v1",
+        run_id="run1",
+        backbone=tiny_backbone.name,
+        image_size=32,
+        preprocessing_id=PREPROCESSING_ID,
+        labels=["a", "b", "c"],
+        temperature=1.3,
+        input=export_format.TensorSpec(name="image", shape=[None, 32, 32, 3]),
+        output=export_format.TensorSpec(name="logits", shape=[None, 3]),
+    )
+    images = _images(6, 32, seed=7)
+    result = write_export(
+        model,
+        signature,
+        tmp_path / "export",
+        images,
+        backbone_onnx=backbone_onnx,
+        heads=heads_model(head, tiny_backbone.feature_dim),
+    )
+    assert result.parity.ok and result.parity.max_abs_prob_diff <= 1e-4
+    session = onnx_session(tmp_path / "export" / export_format.ONNX_MODEL_FILE)
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert result.signature.output.name == "logits"
+    # on other inputs than the parity check's, and at another batch size
+    fresh = _images(3, 32, seed=11)
+    np.testing.assert_allclose(
+        onnx_logits(session, fresh), keras_logits(model, fresh), rtol=1e-4, atol=1e-5
+    )
