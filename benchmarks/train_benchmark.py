@@ -2,7 +2,7 @@
 
 Usage (from the repo root)::
 
-    uv run python benchmarks/train_benchmark.py compare [--epochs 10] [--views 1]
+    uv run python benchmarks/train_benchmark.py compare [--epochs 10] [--views 12]
     uv run python benchmarks/train_benchmark.py default
 
 ``compare`` (the issue's benchmark), in a fresh working directory outside the repo
@@ -17,8 +17,8 @@ Usage (from the repo root)::
    training image (same views, head, optimiser, class weights, batch size, epochs, seed,
    per-epoch validation); timed from backbone build to val logits, no export/tracking.
 
-and prints wall times and val macro-F1 side by side (also ``train_benchmark.json`` and a
-bar chart ``train_benchmark.png`` in ``benchmarks/out/``).
+and prints wall times and val macro-F1 side by side (also ``train_benchmark_views<V>.json`` and a
+bar chart ``train_benchmark_views<V>.png`` in ``benchmarks/out/``).
 
 ``default`` runs ``skin-mlops train`` with no hyper-parameter flags (the default recipe)
 in a fresh working directory with cold caches, and prints the val metrics, ECE before /
@@ -344,7 +344,7 @@ def compare(epochs: int, views: int) -> dict:
         f"{', '.join(f'{t:.0f}' for t in plain['epoch_s'])} s",
         highlight=False,
     )
-    (OUT / "train_benchmark.json").write_text(json.dumps(results, indent=2))
+    (OUT / f"train_benchmark_views{views}.json").write_text(json.dumps(results, indent=2))
     _plot(results)
     return results
 
@@ -363,7 +363,7 @@ def _plot(results: dict) -> None:
     right.set_ylim(0, 1)
     right.set_title("val macro-F1")
     figure.tight_layout()
-    figure.savefig(OUT / "train_benchmark.png", dpi=110)
+    figure.savefig(OUT / f"train_benchmark_views{results['views']}.png", dpi=110)
 
 
 def default_run() -> dict:
@@ -430,8 +430,9 @@ def main() -> int:
     cmp_parser.add_argument(
         "--views",
         type=int,
-        default=1,
-        help="cached views per training photo in both ways (default 1)",
+        default=None,
+        help="cached views per training photo in both ways (default: the training "
+        "default, so the cached side is exactly `skin-mlops train --epochs E`)",
     )
     sub.add_parser("default", help="the default training run, cold caches")
     args = parser.parse_args()
@@ -440,7 +441,9 @@ def main() -> int:
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
     if args.command == "compare":
-        compare(args.epochs, args.views)
+        from skin_mlops.modeling.train import DEFAULT_VIEWS
+
+        compare(args.epochs, args.views or DEFAULT_VIEWS)
     else:
         default_run()
     return 0
