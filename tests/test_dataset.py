@@ -665,3 +665,25 @@ def test_sigkill_at_random_moments_then_a_clean_run_leaves_db_and_store_in_agree
         assert sum(1 for r in records if (r.split, r.label) == (split, label)) == on_disk
     incoming = raw_dataset.objects / ".incoming"
     assert not incoming.exists() or list(incoming.iterdir()) == []
+
+
+def test_summary_fits_80_columns_and_shows_problem_columns_only_with_problems(
+    raw_dataset: RawDataset,
+) -> None:
+    from rich.console import Console
+
+    populate(raw_dataset)
+    console = Console(record=True, width=80, color_system=None)
+    dataset_module._print_summary(ingest(raw_dataset), console)
+    clean = console.export_text()
+    assert max(len(line) for line in clean.splitlines()) <= 80, clean
+    assert "corrupt" not in clean.split("none found:")[0]  # no column for it...
+    assert "none found: not image, corrupt, dupes, conflicts, leakage" in clean  # ...a line
+
+    (raw_dataset.raw / "train" / "acne" / "cut.jpg").write_bytes(image_bytes(seed=9)[:300])
+    console = Console(record=True, width=80, color_system=None)
+    dataset_module._print_summary(ingest(raw_dataset), console)
+    broken = console.export_text()
+    header = next(line for line in broken.splitlines() if "unchanged" in line)
+    assert "corrupt" in header and "dupes" not in header
+    assert "none found: not image, dupes, conflicts, leakage" in broken

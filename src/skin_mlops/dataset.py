@@ -1001,8 +1001,11 @@ def _print_summary(summary: IngestionSummary, console: Console) -> None:
         "missing": "missing",
         "errors": "errors",
     }
-    # "missing" and "errors" only appear when something is missing or failed.
-    columns = [n for n in headers if n not in ("missing", "errors") or getattr(totals, n)]
+    # Problem columns only appear when there is a problem (the table fits 80 columns on a
+    # clean run); a line below says which checks found nothing.
+    always = ("new", "unchanged")
+    columns = [n for n in headers if n in always or getattr(totals, n)]
+    clean = [headers[n] for n in headers if n not in always and not getattr(totals, n)]
     title = f"Ingestion of {summary.dataset}" + (" (dry run)" if summary.dry_run else "")
     table = Table(
         title=title, show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
@@ -1031,6 +1034,8 @@ def _print_summary(summary: IngestionSummary, console: Console) -> None:
         f"object(s); {summary.rows_missing_total} row(s) marked missing; "
         f"{summary.duration_s:.2f}s"
     )
+    if clean:
+        console.print(f"[green]none found:[/] {', '.join(clean)}", highlight=False)
     for split, names in summary.unknown_label_folders.items():
         if names:
             console.print(
