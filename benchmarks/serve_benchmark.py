@@ -289,7 +289,11 @@ def main() -> None:
                 ],
                 port,
                 "/ping",
-                {"MLFLOW_TRACKING_URI": tracking_uri},
+                # it execs `uvicorn` by name: this venv's bin first, also without `uv run`
+                {
+                    "MLFLOW_TRACKING_URI": tracking_uri,
+                    "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+                },
             )
             try:
                 rows.append(
