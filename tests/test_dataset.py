@@ -612,16 +612,24 @@ def test_sigkill_at_random_moments_then_a_clean_run_leaves_db_and_store_in_agree
 
     script = _console_script()
     rng = random.Random(1234)
-    for index in range(800):
-        label = raw_dataset.labels[index % 3]
-        write_image(
-            raw_dataset.raw
-            / ("val" if index % 5 == 0 else "train")
-            / label
-            / f"img_{index:04d}.jpg",
-            seed=index,
-            size=(320, 240),
-        )
+    n_files = 0
+
+    def add_images(count: int) -> None:
+        """New photos = new work for the next run (a finished run leaves none)."""
+        nonlocal n_files
+        for index in range(n_files, n_files + count):
+            label = raw_dataset.labels[index % 3]
+            write_image(
+                raw_dataset.raw
+                / ("val" if index % 5 == 0 else "train")
+                / label
+                / f"img_{index:04d}.jpg",
+                seed=index,
+                size=(320, 240),
+            )
+        n_files += count
+
+    add_images(800)
     env = {**os.environ, "LOCAL_OBJECT_ROOT": str(raw_dataset.objects)}
     command = [script, "ingest", "--config", str(raw_dataset.config_path)]
     bucket_dir = raw_dataset.objects / raw_dataset.bucket
@@ -629,8 +637,13 @@ def test_sigkill_at_random_moments_then_a_clean_run_leaves_db_and_store_in_agree
     def stored() -> int:
         return sum(1 for _ in bucket_dir.rglob("*.jpg")) if bucket_dir.exists() else 0
 
-    killed = 0
-    for attempt in range(5):
+    # Five kills, whatever the machine's speed: a run that finishes before its kill (an
+    # 800-photo ingestion takes ~1 s here) is not counted, and new photos give the next
+    # run work to be interrupted in.
+    killed = attempts = 0
+    while killed < 5 and attempts < 20:
+        if stored() >= n_files:
+            add_images(200)
         process = subprocess.Popen(
             command,
             env=env,
@@ -638,26 +651,27 @@ def test_sigkill_at_random_moments_then_a_clean_run_leaves_db_and_store_in_agree
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if attempt == 0:
+        if attempts == 0:
             # Early: during start-up / the scan (before any upload).
-            time.sleep(rng.uniform(0.05, 0.8))
+            time.sleep(rng.uniform(0.02, 0.3))
         else:
-            # Mid-upload, whatever the machine's speed: once a random number of new objects
-            # landed (at most half of what is left, so every kill interrupts real work).
-            target = stored() + rng.randint(1, max(1, (800 - stored()) // 2))
+            # Mid-upload: once a random number of new objects landed (at most half of
+            # what is left, so every kill interrupts real work).
+            target = stored() + rng.randint(1, max(1, (n_files - stored()) // 2))
             deadline = time.monotonic() + 120
             while process.poll() is None and stored() < target and time.monotonic() < deadline:
-                time.sleep(0.002)
+                time.sleep(0.001)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
         process.wait()
-    assert killed >= 4, (killed, stored())  # the runs were really interrupted
+        attempts += 1
+    assert killed == 5, (killed, attempts, stored())  # the runs were really interrupted
     clean = subprocess.run(command, env=env, cwd=raw_dataset.root, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
 
     records = rows(raw_dataset)
-    assert len(records) == 800 and all(r.status == "present" for r in records)
+    assert len(records) == n_files and all(r.status == "present" for r in records)
     assert_store_matches_db(raw_dataset)  # same keys, right bytes: no orphan, no dangling row
     per_folder = {(f.parent.parent.name, f.parent.name) for f in raw_dataset.image_files()}
     for split, label in per_folder:
