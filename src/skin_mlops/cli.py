@@ -65,8 +65,10 @@ def pipeline_command(
         if strict and ingest_failed:
             raise
         if ingest_failed:
-            console.print("[yellow]ingestion reported problems (above); training on what was "
-                          "ingested. Use --strict to stop instead.[/]")
+            console.print(
+                "[yellow]ingestion reported problems (above); training on what was "
+                "ingested. Use --strict to stop instead.[/]"
+            )
     console.rule("[bold]2/2 train")
     train_kwargs = {} if epochs is None else {"epochs": epochs}
     train_command(dataset_config=config_path, **train_kwargs)

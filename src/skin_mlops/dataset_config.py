@@ -55,8 +55,7 @@ class DatasetConfig(BaseModel):
             return self.splits[split]
         except KeyError:
             raise ConfigError(
-                f"split {split!r} is not in the dataset config "
-                f"(known: {', '.join(self.splits)})"
+                f"split {split!r} is not in the dataset config (known: {', '.join(self.splits)})"
             ) from None
 
     def unknown_label_folders(self, split: str) -> list[str]:

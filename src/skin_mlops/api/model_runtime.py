@@ -175,9 +175,7 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
     try:
         session = ort.InferenceSession(
             str(folder / export_format.ONNX_MODEL_FILE),
-            sess_options=session_options(
-                settings.ort_intra_op_threads, settings.ort_memory_arena
-            ),
+            sess_options=session_options(settings.ort_intra_op_threads, settings.ort_memory_arena),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises its own exception types for bad files

@@ -108,9 +108,7 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3":
             for key in ("s3_endpoint_url", "minio_root_user", "minio_root_password"):
                 if not getattr(self, key):
-                    raise ValueError(
-                        f"{key.upper()} is required when STORAGE_BACKEND=s3"
-                    )
+                    raise ValueError(f"{key.upper()} is required when STORAGE_BACKEND=s3")
         return self
 
 

@@ -807,6 +807,9 @@ def run_training(
     import keras
     import mlflow
 
+    # the requirements are pinned explicitly; MLflow still warns that the venv has no pip
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
+
     # 2. data
     train_records, val_records = records[TRAIN_SPLIT], records[VAL_SPLIT]
     fetch = ImageFetcher(store, config.storage.bucket, settings.dataset_cache_dir)
@@ -1247,6 +1250,9 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULT_SEED,
 ) -> None:
     """Train the classifier on the ingested images; log to MLflow; export and publish."""
+    from skin_mlops.core.native_logs import filter_native_stderr
+
+    filter_native_stderr()  # TensorFlow's unconditional C++ start-up lines (see module)
     options = TrainingOptions(
         epochs=epochs,
         batch_size=batch_size,
