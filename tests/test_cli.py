@@ -116,4 +116,7 @@ def test_pipeline_ingests_trains_and_exports_from_a_fresh_folder(tmp_path: Path)
     models = list((workdir / "data" / "objects" / "models-registry" / "skin" / "models").iterdir())
     assert [p.name for p in models] == [signature["run_id"]]
     assert (workdir / "data" / "mlflow" / "mlflow.db").is_file()
+    # the newcomer's terminal: no TensorFlow native start-up noise, no trace
+    assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr
+    assert "Traceback" not in result.stderr
     shutil.rmtree(workdir / ".cache", ignore_errors=True)
