@@ -29,7 +29,8 @@ NOISE_MARKERS: tuple[bytes, ...] = (
     b"cpu_feature_guard.cc",
 )
 
-_state: dict[str, object] = {}
+_thread: threading.Thread | None = None
+_target_fd: int | None = None  # the original stderr, while the filter runs
 
 
 def _pump(read_fd: int, target_fd: int, markers: tuple[bytes, ...]) -> None:
@@ -41,7 +42,8 @@ def _pump(read_fd: int, target_fd: int, markers: tuple[bytes, ...]) -> None:
 
 def filter_native_stderr(markers: tuple[bytes, ...] = NOISE_MARKERS) -> bool:
     """Start filtering fd 2 (idempotent). Returns False where it cannot (no pipes/fds)."""
-    if "thread" in _state:
+    global _thread, _target_fd
+    if _thread is not None:
         return True
     try:
         sys.stderr.flush()
@@ -51,26 +53,25 @@ def filter_native_stderr(markers: tuple[bytes, ...] = NOISE_MARKERS) -> bool:
         os.close(write_fd)
     except (OSError, ValueError, AttributeError):
         return False
-    thread = threading.Thread(
+    _thread = threading.Thread(
         target=_pump, args=(read_fd, target_fd, markers), name="stderr-filter", daemon=True
     )
-    thread.start()
-    _state.update(thread=thread, target_fd=target_fd)
+    _thread.start()
+    _target_fd = target_fd
     atexit.register(restore_stderr)
     return True
 
 
 def restore_stderr() -> None:
     """Point fd 2 back at the original stderr and forward what is still in the pipe."""
-    thread = _state.pop("thread", None)
-    target_fd = _state.pop("target_fd", None)
-    if thread is None or not isinstance(target_fd, int):
+    global _thread, _target_fd
+    if _thread is None or _target_fd is None:
         return
     try:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-    os.dup2(target_fd, 2)  # closes the pipe's last write end: the reader sees EOF
-    assert isinstance(thread, threading.Thread)
-    thread.join(timeout=5)
-    os.close(target_fd)
+    os.dup2(_target_fd, 2)  # closes the pipe's last write end: the reader sees EOF
+    _thread.join(timeout=5)
+    os.close(_target_fd)
+    _thread = _target_fd = None

@@ -1,7 +1,8 @@
 """The frozen backbone as an ONNX model: faster feature extraction, faster export.
 
 The backbone never changes for a given feature space (name, options, weights, image size),
-so it is converted to ONNX **once** (``tf2onnx.convert.from_keras``) and cached under
+so it is converted to ONNX **once** (:func:`skin_mlops.modeling.export.convert_to_onnx`,
+``tf2onnx``) and cached under
 ``<weights_cache_dir>/onnx/``, keyed by the feature space and the converter's version.
 Two things use the cached file:
 
@@ -31,13 +32,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from skin_mlops.modeling.export import ExportError, convert_to_onnx, onnx_session
+
 if TYPE_CHECKING:
     from skin_mlops.modeling.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
-ONNX_OPSET = 17
-INPUT_NAME = "image"
 CHECK_IMAGES = 2
 RELATIVE_TOLERANCE = 1e-4
 ABSOLUTE_TOLERANCE = 1e-5
@@ -57,33 +58,17 @@ def backbone_onnx_path(space_key: str, cache_dir: Path) -> Path:
     return Path(cache_dir) / "onnx" / f"backbone-{digest}.onnx"
 
 
-def session(path: Path, threads: int = 0) -> object:
-    """An ONNX Runtime CPU session (``threads`` 0 = one per core)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _check_images(image_size: int) -> np.ndarray:
+def _max_gap(backbone: Backbone, path: Path) -> tuple[float, float]:
+    """(max |ONNX - Keras|, the allowed bound) on seeded random images."""
     rng = np.random.default_rng(20261127)
-    return rng.uniform(0, 255, (CHECK_IMAGES, image_size, image_size, 3)).astype(np.float32)
-
-
-def _agrees(backbone: Backbone, path: Path) -> tuple[bool, float]:
-    images = _check_images(backbone.image_size)
+    size = backbone.image_size
+    images = rng.uniform(0, 255, (CHECK_IMAGES, size, size, 3)).astype(np.float32)
     reference = np.asarray(backbone.model(images, training=False), dtype=np.float32)
-    onnx_session = session(path)
-    name = onnx_session.get_inputs()[0].name  # type: ignore[attr-defined]
-    candidate = onnx_session.run(None, {name: images})[0]  # type: ignore[attr-defined]
+    candidate = onnx_feature_function(path)(images)
+    bound = RELATIVE_TOLERANCE * float(np.max(np.abs(reference))) + ABSOLUTE_TOLERANCE
     if candidate.shape != reference.shape:
-        return False, float("inf")
-    gap = float(np.max(np.abs(candidate - reference), initial=0.0))
-    bound = RELATIVE_TOLERANCE * float(np.max(np.abs(reference), initial=0.0)) + ABSOLUTE_TOLERANCE
-    return gap <= bound, gap
+        return float("inf"), bound
+    return float(np.max(np.abs(candidate - reference))), bound
 
 
 def ensure_backbone_onnx(backbone: Backbone, space_key: str, cache_dir: Path) -> Path | None:
@@ -102,38 +87,26 @@ def ensure_backbone_onnx(backbone: Backbone, space_key: str, cache_dir: Path) ->
     path = backbone_onnx_path(space_key, cache_dir)
     if path.is_file():
         return path
-    import tensorflow as tf
-    import tf2onnx
-
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".backbone-", suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    size = backbone.image_size
-    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name=INPUT_NAME),)
     try:
-        tf2onnx.convert.from_keras(
-            backbone.model, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp)
-        )
-        ok, gap = _agrees(backbone, tmp)
-        if not ok:
+        convert_to_onnx(backbone.model, tmp, backbone.image_size)
+        gap, bound = _max_gap(backbone, tmp)
+        if gap > bound:
             log.warning(
-                "ONNX conversion of backbone %s disagrees with Keras (max |diff| %.2e): "
+                "ONNX conversion of backbone %s disagrees with Keras (max |diff| %.2e > %.2e): "
                 "extracting features with Keras",
                 backbone.name,
                 gap,
+                bound,
             )
             return None
         os.replace(tmp, path)
         return path
-    except Exception as exc:  # noqa: BLE001 - any converter failure: use Keras instead
-        log.warning(
-            "backbone %s cannot be converted to ONNX (%s: %s): extracting features with Keras",
-            backbone.name,
-            type(exc).__name__,
-            exc,
-        )
+    except ExportError as exc:
+        log.warning("backbone %s: %s; extracting features with Keras", backbone.name, exc)
         return None
     finally:
         tmp.unlink(missing_ok=True)
@@ -141,11 +114,11 @@ def ensure_backbone_onnx(backbone: Backbone, space_key: str, cache_dir: Path) ->
 
 def onnx_feature_function(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """``float32[B, S, S, 3] -> float32[B, D]`` on ONNX Runtime (any batch size)."""
-    onnx_session = session(path)
-    name = onnx_session.get_inputs()[0].name  # type: ignore[attr-defined]
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name  # type: ignore[attr-defined]
 
     def features(batch: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(batch, dtype=np.float32)
-        return onnx_session.run(None, {name: pixels})[0]  # type: ignore[attr-defined]
+        return session.run(None, {name: pixels})[0]  # type: ignore[attr-defined]
 
     return features
