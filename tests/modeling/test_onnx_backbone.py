@@ -139,3 +139,19 @@ def test_export_from_the_cached_backbone_equals_the_keras_model(
     np.testing.assert_allclose(
         onnx_logits(session, fresh), keras_logits(model, fresh), rtol=1e-4, atol=1e-5
     )
+
+
+def test_a_damaged_cached_file_is_converted_again(tmp_path: Path, tiny_backbone) -> None:
+    key = FeatureSpace.of(tiny_backbone).key
+    path = onnx_backbone.ensure_backbone_onnx(tiny_backbone, key, tmp_path)
+    assert path is not None
+    path.write_bytes(path.read_bytes()[:100])  # truncated on disk
+    again = onnx_backbone.ensure_backbone_onnx(tiny_backbone, key, tmp_path)
+    assert again == path
+    images = _images(2, 32)
+    np.testing.assert_allclose(
+        onnx_backbone.onnx_feature_function(again)(images),
+        np.asarray(tiny_backbone.model(images, training=False)),
+        rtol=1e-4,
+        atol=1e-5,
+    )

@@ -17,7 +17,7 @@ A conversion is accepted only if ONNX Runtime reproduces the Keras backbone on s
 random inputs (max |difference| <= ``1e-4 * max|feature| + 1e-5``); otherwise, or when
 the converter fails, the caller gets ``None`` and falls back to Keras - slower, never
 wrong. Files are written to a temporary name and renamed, so a reader never sees half
-a model.
+a model; a cached file ONNX Runtime cannot load (damaged on disk) is converted again.
 """
 
 from __future__ import annotations
@@ -86,7 +86,12 @@ def ensure_backbone_onnx(backbone: Backbone, space_key: str, cache_dir: Path) ->
     """
     path = backbone_onnx_path(space_key, cache_dir)
     if path.is_file():
-        return path
+        try:
+            onnx_session(path)
+            return path
+        except Exception as exc:  # noqa: BLE001 - ORT has its own error types for bad files
+            log.warning("cached backbone ONNX %s is unreadable (%s): converting again", path, exc)
+            path.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".backbone-", suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
