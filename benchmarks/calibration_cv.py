@@ -101,10 +101,17 @@ def main() -> int:
 
     settings = get_settings()
     options = TrainingOptions(seed=args.seed)
+    fields = {f.name for f in dataclasses.fields(options)}
     for assignment in args.set:
         key, _, value = assignment.partition("=")
-        current = getattr(options, key)  # AttributeError names an unknown field
-        options = dataclasses.replace(options, **{key: type(current)(value)})
+        if key not in fields:
+            parser.error(
+                f"--set {assignment}: no option {key!r} (one of {', '.join(sorted(fields))})"
+            )
+        try:
+            options = dataclasses.replace(options, **{key: type(getattr(options, key))(value)})
+        except ValueError as exc:
+            parser.error(f"--set {assignment}: {exc}")
     config = load_dataset_config(config_path)
     labels = list(config.labels)
     by_split = load_records(config)
