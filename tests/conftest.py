@@ -6,6 +6,7 @@ Plain helpers live in ``tests/ingest_fixtures.py`` (import them from there, not 
 * ``image_writer``: :func:`ingest_fixtures.write_image`, a small distinct JPEG/PNG.
 * ``moto_endpoint``: a real ``moto_server`` subprocess over HTTP on a free localhost port
   (session-wide), for S3 tests; skipped with a loud reason only if the binary is absent.
+* ``tiny_models``: :class:`utils.model_factory.TinyModels`, built once per session.
 * ``raw_dataset``: a ``data/raw/<split>/<label>/`` tree with a dataset config in a temp
   working directory, plus settings for a local object store there.
 """
@@ -26,6 +27,7 @@ from ingest_fixtures import (
     write_image,
 )
 from skin_mlops.core.config import get_settings, load_settings
+from utils.model_factory import TinyModels, build_tiny_models
 
 
 @pytest.fixture
@@ -62,3 +64,9 @@ def raw_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Raw
     settings = load_settings(storage_backend="local", local_object_root=tmp_path / "data/objects")
     yield RawDataset(root=tmp_path, config_path=config_path, settings=settings)
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> TinyModels:
+    """Tiny exported models (Keras + tf2onnx, ~15 s), built once per session."""
+    return build_tiny_models()

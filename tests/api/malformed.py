@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .images import encode, two_tone
+from utils.images import encode, two_tone
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from .images import encode, two_tone
+from utils.images import encode, two_tone
 
 
 def batch_size_histogram(url: str) -> tuple[float, float]:
@@ -64,8 +64,7 @@ def test_a_batch_is_split_by_model_and_each_image_gets_its_models_answer(
     from skin_mlops.api.model_runtime import load_model
     from skin_mlops.export_format import resolve_export_dir
     from skin_mlops.preprocessing import preprocess_bytes
-
-    from .model_factory import IMAGE_SIZE, publish_tiny_export
+    from utils.model_factory import IMAGE_SIZE, publish_tiny_export
 
     settings = settings_for(export_link)
     old = load_model(resolve_export_dir(export_link), "old", settings)

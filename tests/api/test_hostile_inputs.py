@@ -14,10 +14,11 @@ import httpx
 import psutil
 import pytest
 
-from .conftest import free_port
-from .images import encode, two_tone
+from utils.images import encode, two_tone
+from utils.model_factory import publish_tiny_export
+from utils.servers import free_port
+
 from .malformed import Case, catalogue
-from .model_factory import publish_tiny_export
 
 MAX_UPLOAD = 512 * 1024
 

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from .images import encode, two_tone, with_exif_orientation
+from utils.images import encode, two_tone, with_exif_orientation
 
 
 def probabilities(client: TestClient, data: bytes) -> np.ndarray:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .images import encode, two_tone
+from utils.images import encode, two_tone
 
 _SERVE_ONE_PREDICTION = """
 import sys

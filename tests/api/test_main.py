@@ -7,10 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from skin_mlops.preprocessing import preprocess_bytes
-
-from .conftest import TinyModels
-from .images import COLOURS, encode, two_tone
-from .model_factory import IMAGE_SIZE, LABELS
+from utils.images import COLOURS, encode, two_tone
+from utils.model_factory import IMAGE_SIZE, LABELS, TinyModels
 
 
 def test_health_ready_model(client: TestClient) -> None:
@@ -119,8 +117,7 @@ def test_no_model_yet_is_not_ready_then_polling_picks_it_up(
     tmp_path, tiny_models, settings_for
 ) -> None:
     from skin_mlops.api.main import create_app
-
-    from .model_factory import publish_tiny_export
+    from utils.model_factory import publish_tiny_export
 
     link = tmp_path / "runs" / "skin5-current"
     with TestClient(create_app(settings_for(link, model_poll_seconds=0.1))) as fresh:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from .images import encode, two_tone
-from .model_factory import LABELS
+from utils.images import encode, two_tone
+from utils.model_factory import LABELS
 
 
 def scrape(client: TestClient) -> dict[str, list]:

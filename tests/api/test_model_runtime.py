@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from skin_mlops.api.main import create_app
 from skin_mlops.api.model_runtime import ModelRefusedError, load_model
 from skin_mlops.export_format import ONNX_MODEL_FILE, resolve_export_dir
+from utils.images import encode, two_tone
+from utils.model_factory import TinyModels, publish_tiny_export
+from utils.servers import ADMIN_TOKEN
 
-from .conftest import ADMIN_TOKEN, TinyModels
-from .images import encode, two_tone
-from .model_factory import publish_tiny_export
 from .test_metrics import sample_value, scrape
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -20,9 +20,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from skin_mlops.api.main import create_app
-
-from .conftest import make_settings, start_live_server, stop_live_server
-from .model_factory import publish_tiny_export
+from utils.model_factory import publish_tiny_export
+from utils.servers import make_settings, start_live_server, stop_live_server
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,8 @@ from skin_mlops.api.main import create_app
 from skin_mlops.api.registry import parse_model_uri
 from skin_mlops.core.errors import ConfigError
 from skin_mlops.export_format import write_metadata
-
-from .conftest import TinyModels
-from .images import encode, two_tone
-from .model_factory import TinyModel, signature_for
+from utils.images import encode, two_tone
+from utils.model_factory import TinyModel, TinyModels, signature_for
 
 MODEL_NAME = "skin-classifier"
 

@@ -141,3 +141,21 @@ def publish_tiny_export(
     )
     export_format.write_metadata(staging, signature_for(model, version, **signature_overrides))
     return export_format.publish(staging, current_link, version)
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """The session's models: two good versions and one with the wrong number of outputs."""
+
+    v1: TinyModel
+    v2: TinyModel
+    three_outputs: TinyModel
+
+
+def build_tiny_models() -> TinyModels:
+    """The three models of the API tests (built once per session: ``tiny_models``)."""
+    return TinyModels(
+        v1=build_tiny_model(seed=1),
+        v2=build_tiny_model(seed=2),
+        three_outputs=build_tiny_model(seed=3, n_outputs=3),
+    )
