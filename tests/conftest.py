@@ -7,6 +7,8 @@ Plain helpers live in ``tests/ingest_fixtures.py`` (import them from there, not 
 * ``moto_endpoint``: a real ``moto_server`` subprocess over HTTP on a free localhost port
   (session-wide), for S3 tests; skipped with a loud reason only if the binary is absent.
 * ``tiny_models``: :class:`utils.model_factory.TinyModels`, built once per session.
+* ``live_api``: URL of the real API app serving the tiny model (session-wide).
+* ``fault_server``: a stdlib HTTP server answering each path as a test tells it.
 * ``raw_dataset``: a ``data/raw/<split>/<label>/`` tree with a dataset config in a temp
   working directory, plus settings for a local object store there.
 """
@@ -27,7 +29,8 @@ from ingest_fixtures import (
     write_image,
 )
 from skin_mlops.core.config import get_settings, load_settings
-from utils.model_factory import TinyModels, build_tiny_models
+from utils.model_factory import TinyModels, build_tiny_models, publish_tiny_export
+from utils.servers import FaultServer, make_settings, start_live_server, stop_live_server
 
 
 @pytest.fixture
@@ -70,3 +73,21 @@ def raw_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Raw
 def tiny_models() -> TinyModels:
     """Tiny exported models (Keras + tf2onnx, ~15 s), built once per session."""
     return build_tiny_models()
+
+
+@pytest.fixture(scope="session")
+def live_api(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the real API app (uvicorn, loopback) serving tiny model ``v1``; session-wide."""
+    link = tmp_path_factory.mktemp("live-api") / "runs" / "skin5-current"
+    publish_tiny_export(link, tiny_models.v1, "v1")
+    live = start_live_server(make_settings(link))
+    yield live.url
+    stop_live_server(live)
+
+
+@pytest.fixture
+def fault_server() -> Iterator[FaultServer]:
+    """A :class:`utils.servers.FaultServer` for one test."""
+    server = FaultServer()
+    yield server
+    server.close()

@@ -82,3 +82,63 @@ def stop_live_server(live: LiveServer) -> None:
     """Ask uvicorn to exit and wait for its thread."""
     live.server.should_exit = True
     live.thread.join(timeout=15)
+
+
+@dataclass
+class Reply:
+    """What :class:`FaultServer` answers on one path."""
+
+    status: int = 200
+    body: bytes = b"{}"
+    content_type: str = "application/json"
+    delay_s: float = 0.0
+
+
+class FaultServer:
+    """A stdlib HTTP server that answers each path as told (slow, 5xx, broken JSON, ...).
+
+    ``replies[path]`` sets the answer; ``hits[path]`` counts the requests that arrived.
+    """
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.replies: dict[str, Reply] = {}
+        self.hits: dict[str, int] = {}
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                path = self.path.split("?", 1)[0]
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                owner.hits[path] = owner.hits.get(path, 0) + 1
+                reply = owner.replies.get(path, Reply(404, b'{"detail": "Not Found"}'))
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+            do_GET = _answer
+            do_POST = _answer
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     ort_memory_arena: bool = False
     model_cache_dir: Path = Path(".cache/models")
 
+    # --- web app (Streamlit; talks to the API over HTTP only) ------------------------
+    webapp_host: str = "127.0.0.1"
+    # Prometheus exporter of the web app (its own port; 0 = any free port, for tests).
+    webapp_metrics_port: int = Field(default=9100, ge=0, le=65535)
+    webapp_metrics_host: str = "127.0.0.1"
+    webapp_top_k: int = Field(default=3, ge=1, le=100)
+    # Read timeout of one API call from the page (connect timeout: 3 s).
+    webapp_api_timeout_s: float = Field(default=30.0, gt=0, le=600)
+
     # --- service ports ---------------------------------------------------------------
     api_port: Port = 8000
     webapp_port: Port = 8501
