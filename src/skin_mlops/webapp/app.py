@@ -80,13 +80,17 @@ def _show_result(outcome: logic.FileOutcome, *, k: int, threshold: float) -> Non
             for rank, item in enumerate(view.ranked, start=1)
         )
     )
-    st.bar_chart(view.chart, horizontal=True, sort=False, x_label="", y_label="probability", height=180)
+    st.bar_chart(
+        view.chart, horizontal=True, sort=False, x_label="", y_label="probability", height=180
+    )
     st.caption(f"Answered by model {view.model_version} in {view.inference_ms:.0f} ms")
 
 
 def main() -> None:
     """Draw the page."""
-    st.set_page_config(page_title="Skin lesion classifier", page_icon=":material/dermatology:", layout="wide")
+    st.set_page_config(
+        page_title="Skin lesion classifier", page_icon=":material/dermatology:", layout="wide"
+    )
     try:
         settings = get_settings()
     except ConfigError as exc:
