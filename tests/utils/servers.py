@@ -6,7 +6,10 @@ runs ``create_app(settings)`` on a free loopback port and waits for ``/ready``.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -142,3 +145,50 @@ class FaultServer:
         """Stop serving."""
         self._server.shutdown()
         self._server.server_close()
+
+
+def start_command(
+    argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own process group, stdout and stderr into ``log_path``."""
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_http(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 60
+) -> None:
+    """Poll ``url`` until it answers 200; fail with the log's tail if the process dies first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{tail}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
+
+
+def stop_command(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """SIGTERM the process group, SIGKILL it after ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
