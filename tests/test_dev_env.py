@@ -343,7 +343,7 @@ def test_build_dockerfiles_exist() -> None:
         assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
         built[name] = dockerfile.relative_to(REPO_ROOT).as_posix()
     assert built["api"] == "docker/api.Dockerfile"
-    assert built["webapp"] == "docker/webapp.Dockerfile"
+    assert built["webapp"] == "docker/Dockerfile.app"
     assert built["trainer"] == "docker/trainer.Dockerfile"
     assert built["mlflow"] == "docker/mlflow.Dockerfile"
 
@@ -610,7 +610,7 @@ def base_images(instructions: list[tuple[str, str]]) -> list[str]:
 
 @pytest.mark.parametrize(
     ("dockerfile", "group"),
-    [("api.Dockerfile", "serve"), ("trainer.Dockerfile", "train"), ("webapp.Dockerfile", "webapp")],
+    [("api.Dockerfile", "serve"), ("trainer.Dockerfile", "train"), ("Dockerfile.app", "webapp")],
 )
 def test_project_images_install_only_their_group(dockerfile: str, group: str) -> None:
     instructions = dockerfile_instructions(DOCKER_DIR / dockerfile)
@@ -628,6 +628,41 @@ def test_project_images_install_only_their_group(dockerfile: str, group: str) ->
     assert healthchecks and "NONE" not in healthchecks[-1].upper().split()
     env = " ".join(rest for kw, rest in instructions if kw == "ENV")
     assert "UV_PYTHON=/usr/local/bin/python3" in env, "use the image's Python, not .python-version"
+
+
+@pytest.mark.parametrize("dockerfile", ["api.Dockerfile", "trainer.Dockerfile", "Dockerfile.app"])
+def test_every_image_command_is_a_registered_cli_command(dockerfile: str) -> None:
+    """An image whose CMD names a command the CLI lacks can never start (it happened)."""
+    import json
+
+    from typer.main import get_command
+
+    from skin_mlops.cli import app
+
+    commands = set(get_command(app).commands)  # type: ignore[attr-defined]
+    cmds = [rest for kw, rest in dockerfile_instructions(DOCKER_DIR / dockerfile) if kw == "CMD"]
+    if not cmds:
+        pytest.skip(f"{dockerfile} has no CMD (compose gives the command)")
+    argv = json.loads(cmds[-1])
+    if argv[0] == "skin-mlops" and not argv[1].startswith("-"):
+        assert argv[1] in commands, f"{dockerfile}: `skin-mlops {argv[1]}` does not exist"
+    for name, service in services().items():
+        command = service.get("command")
+        words = command.split() if isinstance(command, str) else list(command or [])
+        if words[:1] == ["skin-mlops"] and not words[1].startswith("-"):
+            assert words[1] in commands, f"compose {name}: `skin-mlops {words[1]}` does not exist"
+
+
+def test_webapp_image_serves_the_page_and_its_exporter() -> None:
+    instructions = dockerfile_instructions(DOCKER_DIR / "Dockerfile.app")
+    exposed = {p for kw, rest in instructions if kw == "EXPOSE" for p in rest.split()}
+    assert {"8501", "9100"} <= exposed
+    healthcheck = [rest for kw, rest in instructions if kw == "HEALTHCHECK"][-1]
+    assert "/_stcore/health" in healthcheck
+    env = " ".join(rest for kw, rest in instructions if kw == "ENV")
+    assert "WEBAPP_METRICS_HOST=0.0.0.0" in env, "Prometheus must reach the exporter"
+    runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
+    assert "onnxruntime" in runs and "find_spec" in runs, "the build guards against ORT/TF"
 
 
 def test_api_dockerfile_installs_serve_not_train() -> None:
