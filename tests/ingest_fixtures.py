@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from skin_mlops.core.config import Settings
+from utils.tools import missing_tool
 
 # --------------------------------------------------------------------------------------
 # Images
@@ -72,7 +72,7 @@ def start_moto_server(extra_env: dict[str, str] | None = None) -> tuple[subproce
     """Start ``moto_server`` on a free port; return the process and its endpoint URL."""
     binary = moto_server_binary()
     if binary is None:
-        pytest.skip("MOTO_SERVER BINARY NOT FOUND: install moto[server] (dev group) for S3 tests")
+        missing_tool("moto_server binary not found: install moto[server] (dev group) for S3 tests")
     port = free_port()
     env = {**os.environ, **(extra_env or {})}
     process = subprocess.Popen(

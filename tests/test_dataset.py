@@ -25,6 +25,7 @@ from skin_mlops.dataset import IngestionSummary, check_structure, object_key_for
 from skin_mlops.metadata import LesionRecord, read_lesions
 from skin_mlops.preprocessing import CorruptImageError
 from skin_mlops.storage import LocalObjectStore, S3ObjectStore
+from utils.tools import missing_tool
 
 ALL_STATUSES = ("present", "missing", "conflict")
 KEY_RE = re.compile(r"^skin/(train|val)/[a-z_]+/[A-Za-z0-9._-]+-[0-9a-f]{16}\.(jpg|png)$")
@@ -556,7 +557,7 @@ def test_cli_dry_run_flag_after_splits(raw_dataset: RawDataset) -> None:
 def _console_script() -> str:
     script = Path(sys.executable).with_name("skin-mlops")
     if not script.exists():
-        pytest.skip("SKIN-MLOPS CONSOLE SCRIPT NOT INSTALLED in this venv (uv sync)")
+        missing_tool("skin-mlops console script not installed in this venv (uv sync)")
     return str(script)
 
 

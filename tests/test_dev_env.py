@@ -26,6 +26,7 @@ import yaml
 from dotenv import dotenv_values
 
 from skin_mlops.core.config import Settings, load_settings
+from utils.tools import missing_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO_ROOT / ".env"
@@ -534,9 +535,9 @@ def compose_command() -> list[str] | None:
 def run_compose_config(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = compose_command()
     if command is None:
-        pytest.skip(
-            "NO Docker Compose binary (docker compose plugin or docker-compose): "
-            "docker-compose.yml was NOT checked by Compose itself "
+        missing_tool(
+            "no Docker Compose binary (docker compose plugin or docker-compose): "
+            "docker-compose.yml was not checked by Compose itself "
             "(install Debian's docker-compose to run this check)"
         )
     # Only .env may feed interpolation: drop same-named variables from this process.
@@ -676,7 +677,7 @@ def resolved_group(group: str) -> set[str]:
     """Package names the locked ``group`` installs (uv export, offline, no interpreter)."""
     uv = shutil.which("uv")
     if uv is None:
-        pytest.skip("uv not on PATH")
+        missing_tool("uv not on PATH (pip install uv)")
     result = subprocess.run(
         [
             uv,
@@ -781,7 +782,7 @@ def test_api_group_install_serves_health_without_tensorflow(tmp_path: Path) -> N
     TensorFlow/Keras installed or imported."""
     uv = shutil.which("uv")
     if uv is None:
-        pytest.skip("uv not on PATH")
+        missing_tool("uv not on PATH (pip install uv)")
     venv = tmp_path / "venv"
     env = {
         **{k: v for k, v in os.environ.items() if k.upper() not in env_values()},

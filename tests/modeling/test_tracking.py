@@ -17,6 +17,7 @@ import pytest
 from skin_mlops.core.config import load_settings
 from skin_mlops.core.errors import ServiceUnavailableError
 from skin_mlops.modeling import tracking
+from utils.tools import missing_tool
 
 
 def _free_port() -> int:
@@ -153,7 +154,7 @@ def mlflow_server(tmp_path: Path, mlflow_db_template: Path) -> Iterator[str]:
     """``mlflow server`` on a free port (SQLite backend, proxied artifacts in tmp_path)."""
     binary = Path(sys.executable).with_name("mlflow")
     if not binary.exists():
-        pytest.skip("MLFLOW BINARY NOT FOUND next to the interpreter")
+        missing_tool("mlflow binary not found next to the interpreter (uv sync)")
     shutil.copyfile(mlflow_db_template, tmp_path / "server.db")
     port = _free_port()
     log = (tmp_path / "server.log").open("wb")

@@ -1,7 +1,7 @@
 """monitoring/prometheus/prometheus.yml: checked by the real ``promtool`` and wired to the API.
 
 ``promtool`` comes with Debian's ``prometheus`` package (.ci/run installs it). Without it the
-promtool tests skip with a loud reason in the summary; the wiring checks still run.
+promtool tests skip with a loud reason (and fail under CI=true); the wiring checks still run.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from utils.tools import missing_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
@@ -20,8 +21,8 @@ PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip(
-            "promtool NOT FOUND: the Prometheus config was NOT validated "
+        missing_tool(
+            "promtool not found: the Prometheus config was not validated "
             "(apt-get install prometheus provides promtool)"
         )
     return path
