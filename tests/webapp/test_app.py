@@ -34,7 +34,7 @@ def upload(at: AppTest, *files: tuple[str, bytes, str]) -> AppTest:
     return at
 
 
-def classify(at: AppTest) -> AppTest:
+def classify_again(at: AppTest) -> AppTest:
     at.button(key="classify").click()
     at.run()
     assert not at.exception, at.exception
@@ -45,11 +45,13 @@ def red_png() -> tuple[str, bytes, str]:
     return ("red.png", encode(two_tone("red")), "image/png")
 
 
-def test_upload_then_classify_shows_the_label_and_the_top_k(
+def test_an_upload_is_classified_with_the_label_and_the_top_k(
     live_api: str, page_env: Callable[[str], int]
 ) -> None:
     page_env(live_api)
-    at = classify(upload(open_page(), red_png()))
+    at = open_page()
+    assert at.button(key="classify").disabled, "nothing to classify yet"
+    at = upload(at, red_png())
     assert [s.value for s in at.subheader] == ["Red"]
     ranking = next(m.value for m in at.markdown if m.value.startswith("1. "))
     assert ranking.splitlines()[0].startswith("1. Red: ")
@@ -65,7 +67,7 @@ def test_a_threshold_above_the_confidence_warns_without_calling_again(
     live_api: str, page_env: Callable[[str], int]
 ) -> None:
     port = page_env(live_api)
-    at = classify(upload(open_page(), red_png()))
+    at = upload(open_page(), red_png())
     calls = scrape(port)['webapp_prediction_latency_seconds_count{status="ok"}']
     at.slider(key="threshold").set_value(1.0).run()
     assert not at.exception
@@ -87,7 +89,6 @@ def test_several_photos_go_through_the_batch_route(
         ("notes.png", b"plain text, not a photo", "image/png"),
         ("blue.jpg", encode(two_tone("blue"), "JPEG"), "image/jpeg"),
     )
-    at = classify(at)
     assert [s.value for s in at.subheader] == ["Red", "Blue"]
     assert len(at.error) == 1, "only the refused photo has an error"
     assert "HTTP 415" in at.error[0].value and "not a supported image" in at.error[0].value
@@ -97,7 +98,7 @@ def test_api_down_is_a_message_not_an_exception(page_env: Callable[[str], int]) 
     page_env(f"http://127.0.0.1:{free_port()}")
     at = open_page()
     assert any("Not reachable" in e.value for e in at.sidebar.error)
-    at = classify(upload(at, red_png()))
+    at = upload(at, red_png())
     main_errors = [e.value for e in at.main.error]
     assert main_errors and "not reachable" in main_errors[0]
     assert "skin-mlops serve" in main_errors[0]
@@ -111,17 +112,38 @@ def test_the_exporter_counts_views_uploads_clicks_results(
     at = open_page()
     before = scrape(port)
     at.slider(key="threshold").set_value(1.0).run()
-    classify(upload(at, red_png()))
+    at = upload(at, red_png())
+    after_upload = scrape(port)
+    classify_again(at)
     after = scrape(port)
 
-    def moved(series: str) -> float:
-        return after.get(series, 0.0) - before.get(series, 0.0)
+    def moved(series: str, since: dict[str, float] = before) -> float:
+        return after.get(series, 0.0) - since.get(series, 0.0)
 
     assert before["webapp_page_views_total"] >= 1
     assert moved("webapp_page_views_total") == 0, "a re-run is not a new page view"
     assert moved("webapp_uploads_total") == 1
+    assert after_upload["webapp_predict_clicks_total"] == before["webapp_predict_clicks_total"]
     assert moved("webapp_predict_clicks_total") == 1
-    assert moved('webapp_prediction_results_total{label="red"}') == 1
-    assert moved('webapp_prediction_latency_seconds_count{status="ok"}') == 1
-    assert moved("webapp_low_confidence_total") == 1
+    assert moved('webapp_prediction_results_total{label="red"}') == 2, "upload + click"
+    assert moved('webapp_prediction_latency_seconds_count{status="ok"}') == 2
+    assert moved('webapp_prediction_latency_seconds_count{status="ok"}', after_upload) == 1
+    assert moved("webapp_low_confidence_total") == 2
     assert 'webapp_prediction_results_total{label="green"}' in before, "labels pre-created at 0"
+
+
+def test_a_bug_in_the_page_is_one_sentence_not_a_traceback(
+    live_api: str, page_env: Callable[[str], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from skin_mlops.webapp import logic
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom: internal detail")
+
+    page_env(live_api)
+    monkeypatch.setattr(logic, "result_view", broken)
+    at = upload(open_page(), red_png())
+    assert not at.exception
+    messages = [e.value for e in at.error]
+    assert len(messages) == 1 and "Something went wrong" in messages[0]
+    assert "boom" not in messages[0] and "Traceback" not in messages[0]

@@ -56,7 +56,9 @@ def test_result_view_reranks_for_k_and_threshold_without_a_call() -> None:
     view = logic.result_view(answer, k=2, threshold=0.5)
     assert view.title == "Basal cell carcinoma" and view.warning is None
     assert [item.label for item in view.ranked] == ["basal_cell_carcinoma", "acne"]
-    assert list(view.chart) == ["Basal cell carcinoma", "Acne"]
+    bars = view.chart["data"]["values"]  # type: ignore[index]
+    assert [bar["label"] for bar in bars] == ["Basal cell carcinoma", "Acne"]
+    assert [bar["probability"] for bar in bars] == [0.6, 0.2]
     stricter = logic.result_view(answer, k=1, threshold=0.9)
     assert stricter.warning is not None and len(stricter.ranked) == 1
 

@@ -3,11 +3,14 @@
 Every decision (which label to show, when to warn, what to say when the API fails) lives in
 :mod:`skin_mlops.webapp.logic`; HTTP lives in :mod:`skin_mlops.webapp.client`; the
 Prometheus exporter in :mod:`skin_mlops.webapp.metrics`. Streamlit re-runs this file top
-to bottom on every interaction; answers are kept in ``st.session_state`` so moving the
-threshold or K re-draws without calling the API again.
+to bottom on every interaction; a photo is sent once, when it arrives, and its answer kept
+in ``st.session_state``, so moving the threshold or K re-draws without calling the API.
 """
 
 from __future__ import annotations
+
+import logging
+import uuid
 
 import streamlit as st
 
@@ -28,6 +31,19 @@ def _client(base_url: str, read_timeout_s: float) -> ApiClient:
 def _metrics(port: int, host: str) -> WebappMetrics:
     """One exporter per process: a re-run or a second session reuses it."""
     return process_metrics(port, host)
+
+
+@st.cache_data(show_spinner=False, ttl=2, max_entries=8)
+def _status(base_url: str, read_timeout_s: float) -> ApiStatus:
+    """The API's state, asked at most every 2 s (every widget change re-runs the page)."""
+    return _client(base_url, read_timeout_s).status()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _display(data: bytes, crop_size: int | None) -> tuple[bytes | None, str | None]:
+    """The photo to show (JPEG bytes) or why not; cached so a re-run does not re-encode."""
+    shown = logic.display_image(data, crop_size=crop_size)
+    return (logic.image_bytes(shown.image) if shown.image else None), shown.problem
 
 
 def _sidebar(settings: Settings, status: ApiStatus) -> tuple[float, int]:
@@ -80,9 +96,7 @@ def _show_result(outcome: logic.FileOutcome, *, k: int, threshold: float) -> Non
             for rank, item in enumerate(view.ranked, start=1)
         )
     )
-    st.bar_chart(
-        view.chart, horizontal=True, sort=False, x_label="", y_label="probability", height=180
-    )
+    st.vega_lite_chart(view.chart, width="stretch")
     st.caption(f"Answered by model {view.model_version} in {view.inference_ms:.0f} ms")
 
 
@@ -105,7 +119,7 @@ def main() -> None:
 
     st.title("Skin lesion classifier")
     st.info(logic.DISCLAIMER, icon=":material/medical_information:")
-    status = client.status()
+    status = _status(settings.api_base_url, settings.webapp_api_timeout_s)
     metrics.declare_labels(status.labels)
     threshold, k = _sidebar(settings, status)
 
@@ -122,45 +136,64 @@ def main() -> None:
             seen.add(upload.file_id)
             metrics.uploads.inc()
 
-    if st.button("Classify", type="primary", disabled=not uploads, key="classify"):
+    # New photos are classified as soon as they arrive; "Classify again" re-asks for all of
+    # them (e.g. after the API loaded a new model, or came back after an outage).
+    results: dict[str, logic.FileOutcome] = state.setdefault("results", {})
+    again = st.button("Classify again", disabled=not uploads, key="classify")
+    if again:
         metrics.predict_clicks.inc()
+    to_send = uploads if again else [u for u in uploads if u.file_id not in results]
+    if to_send:
         files = [
-            UploadFile(u.name, u.getvalue(), u.type or "application/octet-stream") for u in uploads
+            UploadFile(u.name, u.getvalue(), u.type or "application/octet-stream") for u in to_send
         ]
         with st.spinner("Asking the model..."):
             outcome = logic.classify(client, files)
         metrics.observe_call(outcome.status, outcome.seconds)
+        if outcome.status != "ok":
+            _status.clear()  # the sidebar shows the outage from the next run on
         for prediction in outcome.predictions:
             metrics.record_result(
                 logic.metric_label(prediction.label, status.labels),
                 low_confidence=prediction.confidence < threshold,
             )
-        state["results"] = {u.file_id: r for u, r in zip(uploads, outcome.files, strict=True)}
-        state["call_error"] = outcome.error
+        results.update({u.file_id: r for u, r in zip(to_send, outcome.files, strict=True)})
 
-    results: dict[str, logic.FileOutcome] = state.get("results", {})
-    if state.get("call_error") and any(u.file_id in results for u in uploads):
-        st.error(state["call_error"])
+    shown_ids = {u.file_id for u in uploads}
+    call_errors = {r.error for i, r in results.items() if i in shown_ids and r.call_failed}
+    for message in sorted(call_errors, key=str):
+        st.error(message)
     for upload in uploads:
         st.divider()
         left, right = st.columns([1, 1])
         with left:
-            shown = logic.display_image(upload.getvalue(), crop_size=status.image_size)
-            if shown.image is not None:
+            picture, problem = _display(upload.getvalue(), status.image_size)
+            if picture is not None:
                 st.image(
-                    logic.image_bytes(shown.image),
+                    picture,
                     caption=f"{upload.name} (upright; the outlined square is what the model sees)",
                 )
             else:
-                st.caption(f"{upload.name}: cannot be shown ({shown.problem})")
+                st.caption(f"{upload.name}: cannot be shown ({problem})")
         with right:
-            outcome = results.get(upload.file_id)
-            if outcome is None:
-                st.caption("Press **Classify** to ask the model.")
-            elif outcome.error is None or not state.get("call_error"):
-                _show_result(outcome, k=k, threshold=threshold)
-            else:
+            outcome = results[upload.file_id]
+            if outcome.call_failed:
                 st.caption("No answer (see the message above).")
+            else:
+                _show_result(outcome, k=k, threshold=threshold)
 
 
-main()
+def run() -> None:
+    """Draw the page; a bug becomes one logged incident and one sentence, never a trace."""
+    try:
+        main()
+    except Exception:  # Streamlit's own stop/rerun signals are BaseExceptions: not caught
+        incident = uuid.uuid4().hex[:8]
+        logging.getLogger("skin_mlops.webapp").exception("page error %s", incident)
+        st.error(
+            f"Something went wrong while drawing this page (error {incident}, logged by the "
+            "web app). Reload the page; if it happens again, report this id."
+        )
+
+
+run()

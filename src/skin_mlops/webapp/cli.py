@@ -49,6 +49,8 @@ def streamlit_argv(host: str, port: int, *, dev: bool) -> list[str]:
         "true" if dev else "false",
         "--client.toolbarMode",
         "developer" if dev else "viewer",
+        "--client.showErrorDetails",
+        "full" if dev else "none",
     ]
 
 
@@ -104,6 +106,7 @@ def webapp_command(
 
 def run_streamlit(argv: list[str]) -> None:
     """Run Streamlit's own command line (``argv`` as for ``python -m streamlit``) in-process."""
+    import altair  # noqa: F401  (the first chart otherwise pays this import: ~1.3 s)
     from streamlit.web import cli as streamlit_cli
 
     sys.argv = ["streamlit", *argv[3:]]
