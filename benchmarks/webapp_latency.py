@@ -4,8 +4,9 @@ Starts the real ``skin-mlops serve`` (the trained ``runs/skin5-current`` unless 
 the real ``skin-mlops webapp``, then for each of N dermnet5 val photos, in Debian's
 chromium driven by Playwright:
 
-* **page**: file chosen -> the label's caption in the DOM (the page classifies a photo as
-  it arrives: the upload, the re-run that calls the API, the drawing of the answer), timed
+* **page**: file chosen -> the predicted label's heading in the DOM (the page classifies a
+  photo as it arrives: the upload, the re-run that calls the API, the drawing of the
+  answer), and -> the whole answer drawn (Top-K, chart, caption), timed
   inside the page with ``performance.now()`` and a ``MutationObserver``, so Playwright's
   own polling (its waits retry at 20, 100, 500 ms steps) is not counted;
 * **API call**: the same photo sent by the web app's own client (``ApiClient.predict``)
@@ -37,15 +38,19 @@ from skin_mlops.webapp.client import ApiClient, UploadFile
 CHROMIUM = "/usr/bin/chromium"
 console = Console()
 
-# Marks, in the page's own clock: when the upload started (set from Python just before)
-# and when the answer's caption appeared.
+# Marks, in the page's own clock: when the upload started (set from Python just before),
+# when the predicted label's heading appeared (the result's first element) and when the
+# whole answer was drawn (its last element, the caption under the chart).
 MARKS_JS = """
 () => {
   window.__marks = {};
+  const labelShown = () => [...document.querySelectorAll('h3')]
+    .some(h => !h.closest('[data-testid=stSidebar]') && h.textContent.trim());
   new MutationObserver(() => {
-    const m = window.__marks;
+    const m = window.__marks, now = performance.now();
+    if (m.upload && !m.label && labelShown()) m.label = now;
     if (m.upload && !m.answered && document.body.textContent.includes('Answered by model'))
-      m.answered = performance.now();
+      m.answered = now;
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }
 """
@@ -118,12 +123,14 @@ def main(
                     caption.wait_for(timeout=30_000)
                     page.wait_for_function("window.__marks.answered > 0", timeout=30_000)
                     marks = page.evaluate("window.__marks")
-                page_ms = marks["answered"] - marks["upload"]
+                page_ms = marks["label"] - marks["upload"]
+                whole_ms = marks["answered"] - marks["upload"]
                 shown = re.search(r"in (\d+) ms", caption.inner_text())
                 if index >= warmup:
                     rows.append(
                         {
                             "page_ms": page_ms,
+                            "whole_ms": whole_ms,
                             "api_ms": api_ms,
                             "inference_ms": answer.inference_ms,
                             "shown_inference_ms": float(shown.group(1)) if shown else float("nan"),
@@ -141,6 +148,7 @@ def main(
         table.add_column(column, justify="right" if column != "measure" else "left")
     series = {
         "page: upload -> label on screen": [r["page_ms"] for r in rows],
+        "page: upload -> whole answer drawn (chart, caption)": [r["whole_ms"] for r in rows],
         "API call alone (same client, no browser)": [r["api_ms"] for r in rows],
         "API inference_ms (server side)": [r["inference_ms"] for r in rows],
         "page adds (page - API call, per photo)": [r["page_ms"] - r["api_ms"] for r in rows],

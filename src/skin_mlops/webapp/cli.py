@@ -57,6 +57,8 @@ def streamlit_argv(host: str, port: int, *, dev: bool) -> list[str]:
 def check_port_free(host: str, port: int, setting: str) -> None:
     """Raise one :class:`ConfigError` line when ``host:port`` is already taken."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As servers do: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
