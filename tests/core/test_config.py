@@ -117,6 +117,7 @@ def test_port_settings_cover_every_published_service() -> None:
     assert PORT_FIELDS == [
         "api_port",
         "webapp_port",
+        "webapp_metrics_port",
         "mlflow_port",
         "minio_port",
         "minio_console_port",

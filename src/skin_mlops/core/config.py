@@ -83,8 +83,6 @@ class Settings(BaseSettings):
 
     # --- web app (Streamlit; talks to the API over HTTP only) ------------------------
     webapp_host: str = "127.0.0.1"
-    # Prometheus exporter of the web app (its own port; 0 = any free port, for tests).
-    webapp_metrics_port: int = Field(default=9100, ge=0, le=65535)
     webapp_metrics_host: str = "127.0.0.1"
     webapp_top_k: int = Field(default=3, ge=1, le=100)
     # Read timeout of one API call from the page (connect timeout: 3 s).
@@ -93,6 +91,8 @@ class Settings(BaseSettings):
     # --- service ports ---------------------------------------------------------------
     api_port: Port = 8000
     webapp_port: Port = 8501
+    # Prometheus exporter of the web app (its own port; 0 = any free port, for tests).
+    webapp_metrics_port: int = Field(default=9100, ge=0, le=65535)
     mlflow_port: Port = 5000
     minio_port: Port = 9000
     minio_console_port: Port = 9001
