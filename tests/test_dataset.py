@@ -462,9 +462,36 @@ def test_a_second_concurrent_ingestion_is_refused(raw_dataset: RawDataset) -> No
     lock_path.parent.mkdir(parents=True)
     with open(lock_path, "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(DataError, match="another ingestion is running"):
+        with pytest.raises(DataError, match=r"another ingestion \(or a training\) is using"):
             ingest(raw_dataset)
     assert ingest(raw_dataset).uploaded == 6
+
+
+def test_ingestion_cannot_start_while_a_training_reads_the_db(raw_dataset: RawDataset) -> None:
+    """Training holds the DB's lock shared; ingestion needs it alone (and is retried later)."""
+    from skin_mlops.dataset import metadata_lock
+
+    populate(raw_dataset, per_label=1)
+    with metadata_lock(raw_dataset.db_path, shared=True):
+        with metadata_lock(raw_dataset.db_path, shared=True):  # two trainings may read at once
+            with pytest.raises(DataError, match="is using"):
+                ingest(raw_dataset)
+    assert ingest(raw_dataset).uploaded == 6
+
+
+def test_a_training_waits_for_a_running_ingestion_then_gives_up(raw_dataset: RawDataset) -> None:
+    import time
+
+    from skin_mlops.dataset import metadata_lock
+
+    with metadata_lock(raw_dataset.db_path, shared=False):
+        started = time.monotonic()
+        with pytest.raises(DataError, match="an ingestion is writing"):
+            with metadata_lock(raw_dataset.db_path, shared=True, wait_s=0.5):
+                pass
+        assert time.monotonic() - started >= 0.5
+    with metadata_lock(raw_dataset.db_path, shared=True, wait_s=5):
+        pass  # once the ingestion is done, the training gets the lock
 
 
 def test_an_unreachable_store_fails_with_one_line(raw_dataset: RawDataset) -> None:

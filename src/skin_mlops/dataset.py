@@ -28,6 +28,7 @@ touches the object store. One ingestion at a time per metadata DB (a lock file).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -407,21 +408,45 @@ def object_key_for(
 
 
 @contextmanager
-def _ingestion_lock(db_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock next to the DB for the whole run (released even on SIGKILL)."""
+def metadata_lock(db_path: Path, *, shared: bool, wait_s: float = 0.0) -> Iterator[None]:
+    """Lock the metadata DB against concurrent ingestion (released even on SIGKILL).
+
+    An ingestion holds it exclusively for its whole run; a training holds it shared while it
+    reads rows and images, so the two never run over each other on one DB (several trainings
+    may read at once). ``wait_s``: how long to wait for the lock before giving up.
+
+    Raises:
+        DataError: the lock is held by the other side for longer than ``wait_s``.
+    """
     lock_path = db_path.with_name(db_path.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    deadline = time.monotonic() + wait_s
     with open(lock_path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(
-                f"another ingestion is running on {db_path} (lock {lock_path}); wait for it"
-            ) from None
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = (
+                        "an ingestion is writing"
+                        if shared
+                        else "another ingestion (or a training) is using"
+                    )
+                    raise DataError(
+                        f"{holder} {db_path} (lock {lock_path}); wait for it and retry"
+                    ) from None
+                time.sleep(0.2)
         try:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _ingestion_lock(db_path: Path) -> contextlib.AbstractContextManager[None]:
+    """The ingestion's exclusive hold on the DB (fails at once when it is busy)."""
+    return metadata_lock(db_path, shared=False)
 
 
 @dataclass

@@ -588,3 +588,21 @@ def upload_directory(store: ObjectStore, bucket: str, prefix: str, local_dir: Pa
         store.put_file(bucket, key, path)
         keys.append(key)
     return keys
+
+
+def download_directory(store: ObjectStore, bucket: str, prefix: str, local_dir: Path) -> list[Path]:
+    """Download every object under ``bucket/<prefix>/`` into ``local_dir`` (same layout).
+
+    Raises:
+        StorageError: nothing is stored under that prefix.
+    """
+    prefix = prefix.strip("/") + "/"
+    keys = sorted(k for k in store.list_keys(bucket, prefix) if not k.endswith("/"))
+    if not keys:
+        raise StorageError(f"nothing stored under {bucket}/{prefix}")
+    written = []
+    for key in keys:
+        dest = Path(local_dir) / key[len(prefix) :]
+        store.download_file(bucket, key, dest)
+        written.append(dest)
+    return written

@@ -208,10 +208,33 @@ class ChampionDecision:
     score: float
     previous_version: str | None
     previous_score: float | None
+    deferred_to_gate: bool = False
+
+    @classmethod
+    def deferred(cls, model_name: str, version: str, score: float) -> ChampionDecision:
+        """Registered only: the promotion step decides later."""
+        return cls(model_name, version, False, score, None, None, deferred_to_gate=True)
+
+    @property
+    def outcome(self) -> str:
+        """``promoted``, ``kept`` (the champion stays) or ``deferred`` (decided later)."""
+        if self.deferred_to_gate:
+            return "deferred"
+        return "promoted" if self.promoted else "kept"
 
     @property
     def summary(self) -> str:
         """One line for logs and the CLI."""
+        if self.deferred_to_gate:
+            return (
+                f"{self.model_name} v{self.version} registered ({SELECTION_METRIC} "
+                f"{self.score:.4f}); the promotion step decides @{CHAMPION_ALIAS}"
+            )
+        if self.previous_version == self.version:
+            return (
+                f"{self.model_name} v{self.version} already holds @{CHAMPION_ALIAS} "
+                f"({SELECTION_METRIC} {self.score:.4f})"
+            )
         if self.previous_version is None:
             return (
                 f"{self.model_name} v{self.version} is the first champion "
@@ -241,6 +264,56 @@ def champion_score(client: MlflowClient, model_name: str) -> tuple[str, float] |
     return str(version.version), float("-inf")
 
 
+def register_version(
+    model_uri: str,
+    model_name: str,
+    score: float,
+    *,
+    run_id: str,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Register ``model_uri`` as a new version of ``model_name`` (no alias); its version.
+
+    The version carries its validation macro-F1 (full precision: a rounded tag would let an
+    equal model "beat" it) and the training run id as tags.
+    """
+    import mlflow
+
+    version_tags = {SELECTION_METRIC: repr(float(score)), "run_id": run_id, **(tags or {})}
+    return str(mlflow.register_model(model_uri, model_name, tags=version_tags).version)
+
+
+def version_score(client: MlflowClient, model_name: str, version: str) -> float:
+    """The validation macro-F1 a registered version was tagged with."""
+    model_version = client.get_model_version(model_name, version)
+    return float(model_version.tags.get(SELECTION_METRIC, "-inf"))
+
+
+def promote_if_better(model_name: str, version: str, score: float) -> ChampionDecision:
+    """Give ``version`` the ``@champion`` alias if it scores higher than the current one.
+
+    Idempotent: a version that already is the champion stays it (a retried task decides
+    the same). Returns the decision with both scores.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    previous = champion_score(client, model_name)
+    if previous is not None and previous[0] == str(version):  # a retry after the alias moved
+        return ChampionDecision(model_name, str(version), True, score, previous[0], previous[1])
+    promoted = previous is None or score > previous[1]
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+    return ChampionDecision(
+        model_name=model_name,
+        version=str(version),
+        promoted=promoted,
+        score=score,
+        previous_version=previous[0] if previous else None,
+        previous_score=previous[1] if previous else None,
+    )
+
+
 def register_and_promote(
     model_uri: str,
     model_name: str,
@@ -249,7 +322,7 @@ def register_and_promote(
     run_id: str,
     tags: Mapping[str, str] | None = None,
 ) -> ChampionDecision:
-    """Register ``model_uri`` as a new version; give it ``@champion`` if it scores higher.
+    """:func:`register_version`, then :func:`promote_if_better` (what ``train`` does).
 
     Args:
         model_uri (str): URI of a logged model (``models:/<model_id>`` or ``runs:/...``).
@@ -262,21 +335,5 @@ def register_and_promote(
         ChampionDecision: the new version and whether it became champion (strictly
         higher score than the current champion, or no champion yet).
     """
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    previous = champion_score(client, model_name)
-    # Full precision (repr round-trips): a rounded tag would let an equal model "beat" it.
-    version_tags = {SELECTION_METRIC: repr(float(score)), "run_id": run_id, **(tags or {})}
-    version = mlflow.register_model(model_uri, model_name, tags=version_tags)
-    promoted = previous is None or score > previous[1]
-    if promoted:
-        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
-    return ChampionDecision(
-        model_name=model_name,
-        version=str(version.version),
-        promoted=promoted,
-        score=score,
-        previous_version=previous[0] if previous else None,
-        previous_score=previous[1] if previous else None,
-    )
+    version = register_version(model_uri, model_name, score, run_id=run_id, tags=tags)
+    return promote_if_better(model_name, version, score)

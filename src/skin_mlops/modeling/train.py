@@ -752,11 +752,32 @@ def run_training(
     dataset_config: Path | str | None = None,
     *,
     settings: Settings | None = None,
+    lock_wait_s: float = 900.0,
+    **kwargs: Any,
+) -> TrainingResult:
+    """:func:`train_and_track` while holding the metadata DB's shared lock.
+
+    An ingestion running on the same DB is waited for (up to ``lock_wait_s``), and no
+    ingestion can start until this training has read its rows and images.
+    """
+    from skin_mlops.dataset import metadata_lock
+
+    settings = settings or get_settings()
+    config = load_dataset_config(dataset_config or settings.dataset_config)
+    with metadata_lock(config.metadata_db, shared=True, wait_s=lock_wait_s):
+        return train_and_track(dataset_config, settings=settings, **kwargs)
+
+
+def train_and_track(
+    dataset_config: Path | str | None = None,
+    *,
+    settings: Settings | None = None,
     options: TrainingOptions | None = None,
     backbone: Backbone | None = None,
     store: ObjectStore | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    promote: bool = True,
 ) -> TrainingResult:
     """Train, evaluate, export, track and publish one model (see the module docstring).
 
@@ -770,6 +791,10 @@ def run_training(
         store (ObjectStore | None): object store (default: the one settings describe).
         console (Console | None): where progress and the summary go.
         show_progress (bool): draw rich progress bars.
+        promote (bool): decide ``@champion`` and publish now (the CLI); ``False`` registers
+            the version and uploads its export only, and
+            :func:`skin_mlops.modeling.promotion.promote_run` decides later (the Airflow
+            pipeline's ``evaluate_and_promote`` task).
 
     Returns:
         TrainingResult: run id, registry decision, metrics, export location, timings.
@@ -1078,18 +1103,26 @@ def run_training(
                     str(staging / export_format.CLASS_INDEX_FILE),
                 ],
             )
-            decision = tracking.register_and_promote(
+            registered = tracking.register_version(
                 onnx_info.model_uri,
                 settings.registered_model_name,
                 evaluation.report.macro_f1,
                 run_id=run_id,
                 tags={"export_version": export_version, "keras_model_uri": keras_info.model_uri},
             )
+            if promote:
+                decision = tracking.promote_if_better(
+                    settings.registered_model_name, registered, evaluation.report.macro_f1
+                )
+            else:
+                decision = tracking.ChampionDecision.deferred(
+                    settings.registered_model_name, registered, evaluation.report.macro_f1
+                )
             mlflow.set_tags(
                 {
                     "registered_model": decision.model_name,
                     "registered_version": decision.version,
-                    "champion_decision": "promoted" if decision.promoted else "kept",
+                    "champion_decision": decision.outcome,
                     "champion_decision_summary": decision.summary,
                     "champion_previous_version": decision.previous_version or "none",
                 }
