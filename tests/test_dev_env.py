@@ -481,7 +481,12 @@ def test_airflow_is_version_3_with_celery_redis_and_postgres() -> None:
         if name == "airflow-db":
             continue
         env = environment_of(service)
-        assert service["image"] == values["AIRFLOW_IMAGE"], name
+        assert service["image"] == "skin-mlops/airflow:dev", name
+        assert service["build"]["dockerfile"] == "docker/Dockerfile.airflow", name
+        assert service["build"]["args"]["AIRFLOW_IMAGE"] == values["AIRFLOW_IMAGE"], name
+        assert "./src:/opt/airflow/src:ro" in service["volumes"], name
+        assert env["PYTHONPATH"] == "/opt/airflow/src", name
+        assert env["STORAGE_BACKEND"] == "s3" and env["API_BASE_URL"] == "http://api:8000"
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"postgresql+psycopg2://{db_url}"
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql://{db_url}"
@@ -505,6 +510,32 @@ def test_airflow_is_version_3_with_celery_redis_and_postgres() -> None:
     worker_deps = depends_on(airflow["airflow-worker"])
     assert worker_deps["airflow-webserver"] == "service_healthy"  # execution API must be up
     assert worker_deps["redis"] == worker_deps["airflow-db"] == "service_healthy"
+
+
+def test_airflow_image_is_the_locked_airflow_plus_the_project() -> None:
+    values = env_values()
+    lock = tomllib.loads((REPO_ROOT / "uv.lock").read_text(encoding="utf-8"))
+    locked = {p["name"]: p["version"] for p in lock["package"]}
+    assert values["AIRFLOW_IMAGE"].startswith(f"apache/airflow:{locked['apache-airflow']}-")
+    instructions = dockerfile_instructions(DOCKER_DIR / "Dockerfile.airflow")
+    args = dict(rest.split("=", 1) for kw, rest in instructions if kw == "ARG" and "=" in rest)
+    assert args["AIRFLOW_IMAGE"] == values["AIRFLOW_IMAGE"]
+    runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
+    assert "--group airflow --group train" in runs and "--frozen" in runs
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in runs, "a lock/image mismatch must fail"
+    assert "import skin_mlops.orchestration.plugin" in runs, "the build proves the plugin imports"
+    users = [rest for kw, rest in instructions if kw == "USER"]
+    assert users[-1] == "airflow"
+
+
+def test_every_dockerfile_copy_source_exists() -> None:
+    for dockerfile in sorted(DOCKER_DIR.glob("*Dockerfile*")):
+        for kw, rest in dockerfile_instructions(dockerfile):
+            if kw != "COPY" or "--from=" in rest:
+                continue
+            sources = [w for w in rest.split() if not w.startswith("--")][:-1]
+            for source in sources:
+                assert (REPO_ROOT / source).exists(), f"{dockerfile.name}: COPY {source} missing"
 
 
 def test_prometheus_and_grafana_wiring() -> None:

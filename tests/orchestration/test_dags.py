@@ -186,6 +186,18 @@ def test_training_pipeline_end_to_end_then_unchanged_data_keeps_the_champion(
     assert link.is_symlink() and (link / "model" / "model.onnx").is_file()
     assert link.resolve().name == trained["export_version"]
 
+    # a retried promotion decides the same and adds nothing
+    from skin_mlops.orchestration import tasks
+
+    mlflow.set_tracking_uri(get_settings().mlflow_tracking_uri)
+    client = mlflow.MlflowClient()
+    name = get_settings().registered_model_name
+    versions = len(client.search_model_versions(f"name='{name}'"))
+    retried = tasks.evaluate_and_promote(trained)
+    assert retried["promoted"] is True and "already holds" in retried["summary"]
+    assert len(client.search_model_versions(f"name='{name}'")) == versions
+    assert link.resolve().name == trained["export_version"]
+
     second = dag.test(run_conf=conf)
     assert second.state == DagRunState.SUCCESS
     _, retrained = xcom(second, "train_model")
