@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ingest_fixtures import RawDataset
+from utils.prometheus import parse_metrics
 from utils.tools import require_tool
 
 from .test_dags import populate
@@ -29,15 +30,6 @@ SERIES = (
 )
 
 
-def parse(text: str) -> dict[str, float]:
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
-
-
 @pytest.fixture
 def client(airflow_db: Path) -> TestClient:
     from skin_mlops.orchestration.plugin import SkinMlopsPlugin
@@ -54,7 +46,7 @@ def test_both_urls_answer_prometheus_text_with_every_series(client: TestClient) 
         assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
         for name in SERIES:
             assert f"# TYPE {name} gauge" in response.text, name
-    values = parse(client.get("/metrics").text)
+    values = parse_metrics(client.get("/metrics").text)
     assert values["airflow_up"] == 1
     assert values['airflow_task_instances{state="queued"}'] >= 0
     assert values["airflow_dag_import_errors"] == 0
@@ -65,10 +57,10 @@ def test_values_change_after_a_dag_run(
     dagbag,  # noqa: ANN001
     platform_env: RawDataset,
 ) -> None:
-    before = parse(client.get("/metrics").text)
+    before = parse_metrics(client.get("/metrics").text)
     populate(platform_env, per_label=1)
     dagbag.dags["ingestion"].test()
-    after = parse(client.get("/metrics").text)
+    after = parse_metrics(client.get("/metrics").text)
     key = 'airflow_dag_runs{dag_id="ingestion",state="success"}'
     assert after[key] == before.get(key, 0) + 1
     assert after['airflow_task_instances{state="success"}'] > before.get(

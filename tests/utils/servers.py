@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from ingest_fixtures import free_port
 from skin_mlops.api.main import create_app
 from skin_mlops.core.config import Settings, load_settings
 
@@ -41,13 +41,6 @@ def make_settings(model_source: Path | str, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return load_settings(**values)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

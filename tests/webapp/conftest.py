@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from skin_mlops.core.config import get_settings
+from utils.prometheus import parse_metrics
 from utils.servers import free_port
 
 
@@ -30,10 +31,4 @@ def page_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], int]]:
 
 def scrape(port: int) -> dict[str, float]:
     """``{series: value}`` of the exporter on ``port`` (series with their labels)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
+    return parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
