@@ -70,3 +70,18 @@ def test_the_api_is_scraped_on_its_container_port() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     api_ports = compose["services"]["api"]["ports"]
     assert any(str(p).endswith(":8000") for p in api_ports), "api listens on 8000 in compose"
+
+
+def test_the_webapp_exporter_and_airflow_metrics_are_scraped() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    webapp = jobs["skin-webapp"]
+    assert [t for g in webapp["static_configs"] for t in g["targets"]] == ["webapp:9100"]
+    assert compose["services"]["webapp"]["environment"]["WEBAPP_METRICS_PORT"] == "9100"
+    airflow = jobs["airflow"]
+    assert airflow["metrics_path"] == "/admin/metrics"
+    assert [t for g in airflow["static_configs"] for t in g["targets"]] == [
+        "airflow-webserver:8080"
+    ]
+    assert compose["services"]["airflow-webserver"]["command"] == "api-server"
