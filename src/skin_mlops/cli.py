@@ -73,8 +73,10 @@ def pipeline_command(
                 "ingested. Use --strict to stop instead.[/]"
             )
     console.rule("[bold]2/2 train")
-    train_kwargs = {} if epochs is None else {"epochs": epochs}
-    train_command(dataset_config=config_path, **train_kwargs)
+    if epochs is None:
+        train_command(dataset_config=config_path)
+    else:
+        train_command(dataset_config=config_path, epochs=epochs)
     if ingest_failed:
         raise typer.Exit(code=1)
 

@@ -54,6 +54,7 @@ from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.core.errors import ConfigError, DataError, StorageError
 from skin_mlops.dataset_config import DatasetConfig, load_dataset_config
 from skin_mlops.metadata import (
+    FileKind,
     LesionRecord,
     LesionStatus,
     MetadataDB,
@@ -208,7 +209,9 @@ class ScannedFile:
     ctime_ns: int
     inode: int
 
-    def cache_record(self, dataset: str, sha256: str, kind: str, **extra: Any) -> SourceFileRecord:
+    def cache_record(
+        self, dataset: str, sha256: str, kind: FileKind, **extra: Any
+    ) -> SourceFileRecord:
         """The scan-cache row saying what reading this file found."""
         return SourceFileRecord(
             path=self.path,
@@ -221,7 +224,7 @@ class ScannedFile:
             inode=self.inode,
             sha256=sha256,
             kind=kind,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
 
 
@@ -704,10 +707,13 @@ class _Ingestion:
             self._finish_upload(self.uploads.popleft())
 
     def _cache_record(self, scanned: ScannedFile, checked: CheckedFile) -> SourceFileRecord:
+        kind = checked.kind
+        if kind == "unreadable":  # handled (and never cached) before this is called
+            raise AssertionError(f"an unreadable file reached the scan cache: {scanned.path}")
         return scanned.cache_record(
             self.config.dataset,
             checked.sha256,
-            checked.kind,
+            kind,
             width=checked.width,
             height=checked.height,
             format=checked.format,
@@ -1166,7 +1172,7 @@ def ingest_command(
             dry_run=dry_run,
             settings=settings,
             progress=on_progress,
-            verify=verify.value,  # type: ignore[arg-type]
+            verify=verify.value,
         )
     _print_summary(summary, console)
     if summary.failed:

@@ -105,7 +105,12 @@ def promote_run(
     published = None
     if decision.promoted:
         run_id = registered.tags.get("run_id") or registered.run_id
-        export_version = registered.tags["export_version"]
+        export_version = registered.tags.get("export_version")
+        if not run_id or not export_version:
+            raise ServiceUnavailableError(
+                f"{name} v{model_version} has no run_id/export_version tags: it was not "
+                "registered by skin-mlops training, so its export cannot be found"
+            )
         published = publish_from_store(
             store or make_object_store(settings),
             settings.s3_models_bucket,

@@ -37,6 +37,7 @@ this module at start and must stay fast.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -385,9 +386,9 @@ def _epoch_callback(progress: Progress, task: Any, name: str, prefix: str = "") 
                 f"{prefix}val_loss": logs.get("val_loss"),
                 f"{prefix}val_accuracy": logs.get("val_accuracy"),
             }
-            metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+            logged = {k: float(v) for k, v in metrics.items() if v is not None}
             if mlflow.active_run() is not None:
-                mlflow.log_metrics(metrics, step=epoch + 1)
+                mlflow.log_metrics(logged, step=epoch + 1)
             progress.update(
                 task,
                 advance=1,
@@ -841,7 +842,8 @@ def train_and_track(
 
     def refs(rows: Sequence[LesionRecord]) -> list[ImageRef]:
         return [
-            ImageRef(r.sha256, (lambda r=r: fetch(r)), r.source_path or r.object_key) for r in rows
+            ImageRef(r.sha256, functools.partial(fetch, r), r.source_path or r.object_key)
+            for r in rows
         ]
 
     train_refs, val_refs = refs(train_records), refs(val_records)
@@ -859,7 +861,8 @@ def train_and_track(
                 options.backbone,
                 image_size=options.image_size,
                 weights_cache_dir=settings.weights_cache_dir,
-                **dict(options.backbone_options),
+                # str options (pooling=...); build_backbone checks them per backbone
+                **dict(options.backbone_options),  # type: ignore[arg-type]
             )
 
     keras.utils.set_random_seed(options.seed)

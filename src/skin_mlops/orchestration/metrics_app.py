@@ -136,12 +136,15 @@ def collect(session_factory: SessionFactory = _default_session) -> bytes:
     seen_duration: set[str] = set()
     seen_success: set[str] = set()
     for dag_id, state, start, end in finished:
-        if dag_id not in seen_duration and start is not None:
+        started, ended = _timestamp(start), _timestamp(end)
+        if ended is None:
+            continue
+        if dag_id not in seen_duration and started is not None:
             seen_duration.add(dag_id)
-            duration.labels(dag_id=dag_id).set(_timestamp(end) - _timestamp(start))  # type: ignore[operator]
+            duration.labels(dag_id=dag_id).set(ended - started)
         if dag_id not in seen_success and str(state) == "success":
             seen_success.add(dag_id)
-            success.labels(dag_id=dag_id).set(_timestamp(end) or 0)
+            success.labels(dag_id=dag_id).set(ended)
     gauge("airflow_dag_import_errors", "DAG files that failed to import.").set(import_errors)
     return generate_latest(registry)
 

@@ -176,11 +176,11 @@ def main() -> None:
             else:
                 st.caption(f"{upload.name}: cannot be shown ({problem})")
         with right:
-            outcome = results[upload.file_id]
-            if outcome.call_failed:
+            answer = results[upload.file_id]
+            if answer.call_failed:
                 st.caption("No answer (see the message above).")
             else:
-                _show_result(outcome, k=k, threshold=threshold)
+                _show_result(answer, k=k, threshold=threshold)
 
 
 def run() -> None:

@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -229,13 +229,20 @@ class ApiClient:
 
     # --- transport ------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, int] | None = None,
+        files: Any = None,
+    ) -> httpx.Response:
         """One request; transport failures become :class:`ApiError` subclasses."""
         attempts = 2 if method == "GET" else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+                response = self._http.request(method, path, params=params, files=files)
             except httpx.ConnectTimeout:
                 raise ApiUnreachable(
                     f"the prediction API at {self.base_url} did not accept a connection within "
