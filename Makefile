@@ -35,7 +35,7 @@ bench-serve: ## serving: this API vs mlflow serve vs a naive Keras handler
 	uv run python benchmarks/serve_benchmark.py
 
 bench-train: ## training: cached ONNX features vs plain Keras fit
-	uv run python benchmarks/train_benchmark.py
+	uv run python benchmarks/train_benchmark.py compare
 
 bench-webapp: ## the web page in chromium vs the API call alone
 	uv run python benchmarks/webapp_latency.py
