@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import yaml
 from dotenv import dotenv_values
 
 from skin_mlops.core.config import Settings, load_settings
-from utils.tools import missing_tool
+from utils.tools import missing_tool, require_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO_ROOT / ".env"
@@ -343,7 +344,7 @@ def test_build_dockerfiles_exist() -> None:
         assert context.is_dir(), f"{name}: build context {context} missing"
         assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
         built[name] = dockerfile.relative_to(REPO_ROOT).as_posix()
-    assert built["api"] == "docker/api.Dockerfile"
+    assert built["api"] == "docker/Dockerfile.api"
     assert built["webapp"] == "docker/Dockerfile.app"
     assert built["trainer"] == "docker/trainer.Dockerfile"
     assert built["mlflow"] == "docker/mlflow.Dockerfile"
@@ -642,7 +643,7 @@ def base_images(instructions: list[tuple[str, str]]) -> list[str]:
 
 @pytest.mark.parametrize(
     ("dockerfile", "group"),
-    [("api.Dockerfile", "serve"), ("trainer.Dockerfile", "train"), ("Dockerfile.app", "webapp")],
+    [("Dockerfile.api", "serve"), ("trainer.Dockerfile", "train"), ("Dockerfile.app", "webapp")],
 )
 def test_project_images_install_only_their_group(dockerfile: str, group: str) -> None:
     instructions = dockerfile_instructions(DOCKER_DIR / dockerfile)
@@ -662,7 +663,7 @@ def test_project_images_install_only_their_group(dockerfile: str, group: str) ->
     assert "UV_PYTHON=/usr/local/bin/python3" in env, "use the image's Python, not .python-version"
 
 
-@pytest.mark.parametrize("dockerfile", ["api.Dockerfile", "trainer.Dockerfile", "Dockerfile.app"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "trainer.Dockerfile", "Dockerfile.app"])
 def test_every_image_command_is_a_registered_cli_command(dockerfile: str) -> None:
     """An image whose CMD names a command the CLI lacks can never start (it happened)."""
     import json
@@ -698,7 +699,7 @@ def test_webapp_image_serves_the_page_and_its_exporter() -> None:
 
 
 def test_api_dockerfile_installs_serve_not_train() -> None:
-    text = (DOCKER_DIR / "api.Dockerfile").read_text(encoding="utf-8")
+    text = (DOCKER_DIR / "Dockerfile.api").read_text(encoding="utf-8")
     assert "--group serve" in text
     assert "--group train" not in text
     assert "find_spec" in text and "tensorflow" in text, "the build guards against TensorFlow"
@@ -775,18 +776,86 @@ def test_dockerignore_keeps_data_secrets_and_venv_out_of_images() -> None:
 # --- CI -------------------------------------------------------------------------------------------
 
 
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yml"
+
+
 def test_ci_workflow_runs_the_ci_script() -> None:
-    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    workflow = yaml.safe_load(WORKFLOW.read_text())
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads `on` as True
-    assert {"push", "pull_request"} <= set(triggers)
-    jobs = list(workflow["jobs"].values())
-    assert jobs and all(job["runs-on"] == "ubuntu-latest" for job in jobs)
-    steps = [step for job in jobs for step in job["steps"]]
+    assert triggers["push"]["branches"] == ["main"]
+    assert triggers["pull_request"]["branches"] == ["main"]
+    assert "workflow_dispatch" in triggers
+    assert workflow["permissions"] == {"contents": "read"}
+    jobs = workflow["jobs"]
+    assert set(jobs) == {"lint-and-test", "docker-build"}
+    assert all(job["runs-on"] == "ubuntu-latest" for job in jobs.values())
+    steps = jobs["lint-and-test"]["steps"]
     python = [s for s in steps if str(s.get("uses", "")).startswith("actions/setup-python")]
     assert python and str(python[0]["with"]["python-version"]) == "3.12"
+    assert any(str(s.get("uses", "")).startswith("actions/cache") for s in steps), "uv cache"
     commands = "\n".join(str(s.get("run", "")) for s in steps)
-    assert "pip install uv" in commands
-    assert "bash .ci/run" in commands
+    for command in ("pip install uv", "ruff check .", "ruff format --check .", "bash .ci/run"):
+        assert command in commands, command
+    assert "uv run pytest" in (REPO_ROOT / ".ci" / "run").read_text(), "the README's command"
+
+
+def test_docker_build_job_builds_both_images_and_pushes_only_from_main() -> None:
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["docker-build"]
+    assert job["needs"] == "lint-and-test"
+    runs = {s.get("name", ""): str(s.get("run", "")) for s in job["steps"]}
+    builds = "\n".join(runs.values())
+    assert 'docker build -f docker/Dockerfile.api -t "skin-mlops-api:${GITHUB_SHA}" .' in builds
+    assert 'docker build -f docker/Dockerfile.app -t "skin-mlops-webapp:${GITHUB_SHA}" .' in builds
+    for dockerfile in ("Dockerfile.api", "Dockerfile.app"):
+        assert (DOCKER_DIR / dockerfile).is_file()
+    (push,) = [s for s in job["steps"] if "docker push" in str(s.get("run", ""))]
+    assert "github.ref == 'refs/heads/main'" in push["if"]
+    assert (
+        "env.DOCKERHUB_USERNAME != ''" in push["if"] and "env.DOCKERHUB_TOKEN != ''" in push["if"]
+    )
+    assert "--password-stdin" in push["run"], "the token never appears on a command line"
+    assert job["env"]["DOCKERHUB_TOKEN"] == "${{ secrets.DOCKERHUB_TOKEN }}"
+
+
+def venv_tool(name: str) -> str:
+    return require_tool(name, "uv sync (dev group)", str(Path(sys.executable).with_name(name)))
+
+
+def test_the_workflow_matches_githubs_schema() -> None:
+    result = subprocess.run(
+        [
+            venv_tool("check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            str(WORKFLOW),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_finds_nothing_in_the_workflow() -> None:
+    """Pinned actions, read-only token, no persisted credentials, no template injection."""
+    result = subprocess.run(
+        [venv_tool("zizmor"), "--offline", str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_catches_an_unpinned_action(tmp_path: Path) -> None:
+    broken = tmp_path / "ci.yml"
+    broken.write_text(
+        re.sub(r"actions/checkout@[0-9a-f]{40}", "actions/checkout@v4", WORKFLOW.read_text())
+    )
+    result = subprocess.run(
+        [venv_tool("zizmor"), "--offline", str(broken)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and "unpinned" in result.stdout + result.stderr
 
 
 # --- the API image's install, for real (slow: builds a venv like the Dockerfile does) ----------
@@ -808,7 +877,7 @@ def unused_port() -> int:
 
 @pytest.mark.slow
 def test_api_group_install_serves_health_without_tensorflow(tmp_path: Path) -> None:
-    """``uv sync --group serve`` (as in docker/api.Dockerfile) gives an environment where
+    """``uv sync --group serve`` (as in docker/Dockerfile.api) gives an environment where
     the image's CMD (`skin-mlops serve`) starts and the image's HEALTHCHECK passes, with no
     TensorFlow/Keras installed or imported."""
     uv = shutil.which("uv")
@@ -857,7 +926,7 @@ def test_api_group_install_serves_health_without_tensorflow(tmp_path: Path) -> N
         "API_HOST": "127.0.0.1",
         "API_PORT": str(port),
     }
-    health = healthcheck_command(DOCKER_DIR / "api.Dockerfile")
+    health = healthcheck_command(DOCKER_DIR / "Dockerfile.api")
     before = subprocess.run(
         [str(python), "-c", health], env=run_env, capture_output=True, timeout=30
     )
