@@ -111,3 +111,9 @@ def test_in_progress_gauge_returns_to_zero(client: TestClient) -> None:
     assert predict_values == [0.0]
     # the scrape itself is in progress while it is rendered
     assert any(s.value == 1.0 for s in gauge if s.labels["endpoint"] == "/metrics")
+
+
+def test_the_training_shares_of_the_served_model_are_exported(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    for label in LABELS:
+        assert f'api_model_label_train_share{{label="{label}"}} 0.2' in text

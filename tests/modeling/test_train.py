@@ -219,6 +219,8 @@ def test_published_export_is_complete_and_is_the_champion(workspace: Workspace) 
     assert signature.temperature == pytest.approx(strong.temperature)
     assert signature.image_size == 32
     assert signature.preprocessing_id == preprocessing.PREPROCESSING_ID
+    shares = {label: signature.metrics[f"train_share_{label}"] for label in workspace.labels}
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5) and min(shares.values()) > 0
     assert signature.input.name == "image" and signature.output.name == "logits"
     assert signature.metrics["val_macro_f1"] == pytest.approx(
         strong.metrics["val_macro_f1"], abs=1e-6

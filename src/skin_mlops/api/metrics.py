@@ -96,16 +96,27 @@ class ApiMetrics:
             ["result"],
             registry=r,
         )
+        self.label_train_share = Gauge(
+            "api_model_label_train_share",
+            "Each label's share of the served model's training photos (0-1; drift baseline).",
+            ["label"],
+            registry=r,
+        )
         self.reload_failing = Gauge(
             "api_model_reload_failing",
             "1 while the newest model candidate is refused and an older model keeps serving.",
             registry=r,
         )
 
-    def set_model(self, version: str, backbone: str) -> None:
-        """Point ``api_model_info`` at the model now served (one series only)."""
+    def set_model(
+        self, version: str, backbone: str, train_shares: dict[str, float] | None = None
+    ) -> None:
+        """Point ``api_model_info`` (and the training shares) at the model now served."""
         self.model_info.clear()
         self.model_info.labels(version=version, backbone=backbone).set(1)
+        self.label_train_share.clear()
+        for label, share in (train_shares or {}).items():
+            self.label_train_share.labels(label=label).set(share)
 
     def record_prediction(self, label: str, confidence: float) -> None:
         """Count one returned prediction."""

@@ -322,7 +322,13 @@ class ModelRuntime:
             self._refused_key = None
             self.metrics.reloads.labels(result="success").inc()
             self.metrics.reload_failing.set(0)
-            self.metrics.set_model(candidate.version, candidate.signature.backbone)
+            signature = candidate.signature
+            shares = {
+                label: signature.metrics[f"train_share_{label}"]
+                for label in signature.labels
+                if f"train_share_{label}" in signature.metrics
+            }
+            self.metrics.set_model(candidate.version, signature.backbone, shares)
             if self.on_swap is not None:
                 self.on_swap(candidate)
             log.info(

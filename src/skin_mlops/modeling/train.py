@@ -1018,6 +1018,10 @@ def train_and_track(
             evaluation = evaluate.evaluate_logits(val_logits, y_val, labels)
             metrics = evaluation.as_metrics()
             metrics["train_accuracy_final"] = history["train_accuracy"][-1]
+            # Each label's share of the training photos: the API exports them so an alert can
+            # compare what it is asked to classify with what the model learned from.
+            for index, label in enumerate(labels):
+                metrics[f"train_share_{label}"] = float(np.mean(y_train == index))
             plots = _write_plots(evaluation, history, labels)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(plots), artifact_path="plots")
