@@ -13,7 +13,7 @@ published changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from skin_mlops import export_format
@@ -38,17 +38,9 @@ class PromotionResult:
 
     def as_dict(self) -> dict[str, object]:
         """Small, JSON-friendly (for XCom and logs)."""
-        return {
-            "model_name": self.model_name,
-            "version": self.version,
-            "promoted": self.promoted,
-            "outcome": self.outcome,
-            "summary": self.summary,
-            "score": self.score,
-            "previous_version": self.previous_version,
-            "previous_score": self.previous_score,
-            "published_dir": str(self.published_dir) if self.published_dir else None,
-        }
+        data = asdict(self)
+        data["published_dir"] = str(self.published_dir) if self.published_dir else None
+        return data
 
 
 def publish_from_store(
