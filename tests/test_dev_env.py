@@ -84,6 +84,7 @@ REQUIRED_SETTINGS_KEYS = {
 # Keys only docker compose reads (documented as [compose] in .env).
 COMPOSE_ONLY_KEYS = {
     "COMPOSE_PROJECT_NAME",
+    "HOST_BIND_ADDRESS",
     "AIRFLOW_IMAGE",
     "AIRFLOW_UID",
     "AIRFLOW_FERNET_KEY",
@@ -314,8 +315,11 @@ def test_published_ports_come_from_env_and_match() -> None:
         expected = PUBLISHED_PORTS.get(name, {})
         found: dict[str, int] = {}
         for entry in service.get("ports", []):
-            match = re.fullmatch(r"\$\{([A-Z_]+_PORT)\}:(\d+)", str(entry))
-            assert match, f"{name}: published port {entry!r} must be '${{X_PORT}}:<container>'"
+            match = re.fullmatch(r"\$\{HOST_BIND_ADDRESS\}:\$\{([A-Z_]+_PORT)\}:(\d+)", str(entry))
+            assert match, (
+                f"{name}: published port {entry!r} must be "
+                "'${HOST_BIND_ADDRESS}:${X_PORT}:<container>'"
+            )
             found[match.group(1)] = int(match.group(2))
         assert found == expected, f"{name} publishes {found}, expected {expected}"
         for key, container_port in expected.items():
@@ -324,6 +328,15 @@ def test_published_ports_come_from_env_and_match() -> None:
     published = {key for ports in PUBLISHED_PORTS.values() for key in ports}
     port_keys = {k for k in env_values() if k.endswith("_PORT")}
     assert published == port_keys, "every *_PORT in .env is published by exactly one service"
+
+
+def test_published_ports_bind_to_this_machine_only_by_default() -> None:
+    assert env_values()["HOST_BIND_ADDRESS"] == "127.0.0.1"
+
+
+def test_prometheus_cannot_be_reloaded_or_shut_down_over_http() -> None:
+    command = " ".join(compose_raw()["services"]["prometheus"]["command"])
+    assert "--web.enable-lifecycle" not in command and "--web.enable-admin-api" not in command
 
 
 def test_databases_and_broker_are_not_published_on_the_host() -> None:
