@@ -22,7 +22,7 @@ from skin_mlops.core.errors import SkinMlopsError
 
 app = typer.Typer(
     name="skin-mlops",
-    help="Skin-disease photo classification platform: ingest, train, serve, webapp.",
+    help="Skin-disease photo classification platform: up, ingest, train, serve, webapp.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -41,6 +41,9 @@ app.command("serve")(serve_command)
 from skin_mlops.webapp.cli import webapp_command  # noqa: E402
 
 app.command("webapp")(webapp_command)
+from skin_mlops.launcher.cli import up_command  # noqa: E402
+
+app.command("up")(up_command)
 
 
 @app.command("pipeline")

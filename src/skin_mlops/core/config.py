@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # Read timeout of one API call from the page (connect timeout: 3 s).
     webapp_api_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
+    # --- `skin-mlops up` (the one-machine launcher) -----------------------------------
+    logs_dir: Path = Path("logs")
+    monitoring_dir: Path = Path("monitoring")
+    airflow_home: Path = Path("data/airflow")
+    prometheus_data_dir: Path = Path("data/prometheus")
+    # How long each service may take to answer its health URL before `up` gives up.
+    up_health_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
     # --- service ports ---------------------------------------------------------------
     api_port: Port = 8000
     webapp_port: Port = 8501

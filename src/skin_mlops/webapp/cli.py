@@ -7,9 +7,7 @@ Prometheus exporter, then runs Streamlit's own command line in this process.
 
 from __future__ import annotations
 
-import errno
 import importlib.util
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +15,7 @@ from typing import Annotated
 import typer
 
 from skin_mlops.core.errors import ConfigError
+from skin_mlops.core.net import check_port_free
 
 APP_FILE = Path(__file__).with_name("app.py")
 
@@ -52,22 +51,6 @@ def streamlit_argv(host: str, port: int, *, dev: bool) -> list[str]:
         "--client.showErrorDetails",
         "full" if dev else "none",
     ]
-
-
-def check_port_free(host: str, port: int, setting: str) -> None:
-    """Raise one :class:`ConfigError` line when ``host:port`` is already taken."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        # As servers do: a port whose old connections linger in TIME_WAIT is free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"port {port} on {host} is already in use; set {setting} (or --port) "
-                    "to another port"
-                ) from None
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def webapp_command(
