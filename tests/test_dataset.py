@@ -319,8 +319,8 @@ def test_dry_run_never_touches_the_store(raw_dataset: RawDataset) -> None:
     closed = load_settings(
         storage_backend="s3",
         s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
-        minio_root_user="u",
-        minio_root_password="p",
+        s3_access_key_id="u",
+        s3_secret_access_key="p",
         s3_max_attempts=1,
     )
     summary = run_ingestion(
@@ -499,8 +499,8 @@ def test_an_unreachable_store_fails_with_one_line(raw_dataset: RawDataset) -> No
     settings = load_settings(
         storage_backend="s3",
         s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
-        minio_root_user="u",
-        minio_root_password="p",
+        s3_access_key_id="u",
+        s3_secret_access_key="p",
         s3_max_attempts=1,
         s3_connect_timeout_s=0.5,
     )
@@ -516,8 +516,8 @@ def test_s3_backend_ingestion_round_trip(raw_dataset: RawDataset, moto_endpoint:
     settings = load_settings(
         storage_backend="s3",
         s3_endpoint_url=moto_endpoint,
-        minio_root_user="testing",
-        minio_root_password="testing",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
     )
     first = run_ingestion(raw_dataset.config_path, ["train", "val"], settings=settings)
     assert first.uploaded == 9

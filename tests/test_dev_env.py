@@ -9,8 +9,10 @@ and, where a Docker Compose binary exists, ``docker compose config`` must accept
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -54,8 +56,8 @@ MANDATORY_SERVICES = [
 # Keys Settings reads from .env (name = upper-case field name), with their dev values.
 REQUIRED_SETTINGS_KEYS = {
     "STORAGE_BACKEND": "local",
-    "MINIO_ROOT_USER": None,
-    "MINIO_ROOT_PASSWORD": None,
+    "S3_ACCESS_KEY_ID": None,
+    "S3_SECRET_ACCESS_KEY": None,
     "S3_ENDPOINT_URL": "http://localhost:9000",
     "S3_REGION": None,
     "S3_PROCESSED_BUCKET": "skin-processed",
@@ -84,6 +86,9 @@ REQUIRED_SETTINGS_KEYS = {
 # Keys only docker compose reads (documented as [compose] in .env).
 COMPOSE_ONLY_KEYS = {
     "COMPOSE_PROJECT_NAME",
+    # MinIO's root login: the minio server and minio-mc only, never the project's code.
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
     "HOST_BIND_ADDRESS",
     "AIRFLOW_IMAGE",
     "AIRFLOW_UID",
@@ -175,13 +180,29 @@ def environment_of(service: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+def image_environment(name: str) -> dict[str, str]:
+    """The ``ENV`` of the last stage of the Dockerfile a service is built from (else {})."""
+    build = services()[name].get("build")
+    if not build:
+        return {}
+    instructions = dockerfile_instructions(REPO_ROOT / build["dockerfile"])
+    last_from = max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM")
+    env: dict[str, str] = {}
+    for kw, rest in instructions[last_from:]:
+        if kw == "ENV":
+            env.update(word.split("=", 1) for word in shlex.split(rest))
+    return env
+
+
 def container_environment(name: str) -> dict[str, str]:
-    """What a project container sees: ``env_file: .env`` overlaid by ``environment:``."""
+    """What a project container sees: its image's ``ENV`` overlaid by ``environment:``.
+
+    No ``env_file`` (checked by :func:`test_no_service_reads_the_whole_env_file`), so
+    nothing from .env reaches a container unless the service names it.
+    """
     service = services()[name]
-    env_files = service.get("env_file") or []
-    env_files = [env_files] if isinstance(env_files, str) else env_files
-    assert env_files == [".env"], f"{name} must read credentials from env_file: .env"
-    return {**env_values(), **environment_of(service)}
+    assert not service.get("env_file"), f"{name} must not read the whole .env (env_file)"
+    return {**image_environment(name), **environment_of(service)}
 
 
 def is_one_shot(service: dict[str, Any]) -> bool:
@@ -425,7 +446,112 @@ def test_bind_mounted_project_files_exist() -> None:
 # --- docker-compose.yml: what each part is wired to -----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["api", "webapp", "trainer"])
+# The project's code each container runs (relative to src/skin_mlops; core/config.py, where
+# every field is declared, does not count as reading it).
+SERVICE_CODE: dict[str, tuple[str, ...]] = {
+    "api": ("api", "core"),
+    "webapp": ("webapp", "core"),
+    "trainer": (
+        "cli.py",
+        "dataset.py",
+        "dataset_config.py",
+        "metadata.py",
+        "storage.py",
+        "modeling",
+        "core",
+    ),
+    "airflow-worker": (
+        "orchestration",
+        "dataset.py",
+        "dataset_config.py",
+        "metadata.py",
+        "storage.py",
+        "modeling",
+        "core",
+    ),
+    # The api-server loads the plugin (/admin/metrics: Airflow's own DB); the scheduler, the
+    # DAG processor and the init job run no project code that reads Settings.
+    "airflow-webserver": ("orchestration/plugin.py", "orchestration/metrics_app.py"),
+    "airflow-scheduler": (),
+    "airflow-dag-processor": (),
+    "airflow-init": (),
+}
+# Variables that are not Settings fields, with who reads them.
+NON_SETTINGS_KEYS = {
+    "PYTHONPATH": "Python: the mounted ./src first on sys.path",
+    "DUMB_INIT_SETSID": "the Airflow image's init (warm Celery shutdown)",
+}
+AIRFLOW_KEY = re.compile(r"_?AIRFLOW_?_[A-Z0-9_]+")  # AIRFLOW__SECTION__KEY, _AIRFLOW_*
+S3_CREDENTIAL_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
+ROOT_LOGIN_KEYS = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+MINIO_SETUP = DOCKER_DIR / "minio" / "setup.sh"
+
+
+@cache
+def code_of(service: str) -> str:
+    """The source text of the modules a service runs (see SERVICE_CODE)."""
+    package = REPO_ROOT / "src" / "skin_mlops"
+    texts = []
+    for part in SERVICE_CODE[service]:
+        path = package / part
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        texts += [f.read_text(encoding="utf-8") for f in files if f.name != "config.py"]
+    return "\n".join(texts)
+
+
+def test_no_service_reads_the_whole_env_file() -> None:
+    """Each service names the variables it gets: .env holds every secret of the stack."""
+    offenders = [name for name, s in compose_raw()["services"].items() if "env_file" in s]
+    assert not offenders, f"env_file gives a service every key of .env: {offenders}"
+
+
+def test_only_minio_and_minio_mc_see_the_root_login() -> None:
+    for name, service in compose_raw()["services"].items():
+        if name in {"minio", "minio-mc"}:
+            continue
+        text = yaml.safe_dump(service)
+        assert not ROOT_LOGIN_KEYS & set(environment_of(service)), f"{name} gets MINIO_ROOT_*"
+        assert "MINIO_ROOT_" not in text, f"{name} uses MinIO's root login"
+    values = env_values()
+    assert values["S3_ACCESS_KEY_ID"] != values["MINIO_ROOT_USER"], "the app user is not root"
+    assert values["S3_SECRET_ACCESS_KEY"] != values["MINIO_ROOT_PASSWORD"]
+    assert len(values["S3_SECRET_ACCESS_KEY"]) >= 8, "MinIO refuses secrets under 8 characters"
+
+
+def test_services_that_touch_minio_use_the_app_user_and_the_others_no_keys() -> None:
+    values = env_values()
+    app_user = (values["S3_ACCESS_KEY_ID"], values["S3_SECRET_ACCESS_KEY"])
+    for name in ("trainer", "airflow-worker"):
+        env = environment_of(services()[name])
+        assert (env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]) == app_user, name
+    mlflow = environment_of(services()["mlflow"])
+    assert (mlflow["AWS_ACCESS_KEY_ID"], mlflow["AWS_SECRET_ACCESS_KEY"]) == app_user
+    # The API loads models from the mounted export or through MLflow's HTTP artifact proxy;
+    # the page talks to the API only; Airflow's own processes run no project task.
+    for name in ("api", "webapp", *(n for n in services() if n.startswith("airflow-"))):
+        if name in {"airflow-db", "airflow-worker"}:
+            continue
+        env = container_environment(name)
+        held = sorted(k for k in env if k in S3_CREDENTIAL_KEYS or k.startswith("AWS_"))
+        assert not held, f"{name} holds S3 keys it never uses: {held}"
+
+
+def test_every_variable_a_project_container_gets_is_one_its_code_reads() -> None:
+    fields = set(Settings.model_fields)
+    for name, service in services().items():
+        if name not in SERVICE_CODE:
+            continue
+        code = code_of(name)
+        airflow = name.startswith("airflow-")
+        for key in environment_of(service):
+            if key in NON_SETTINGS_KEYS or (airflow and AIRFLOW_KEY.fullmatch(key)):
+                continue
+            assert key.lower() in fields, f"{name}: {key} is neither a Settings field nor known"
+            assert re.search(rf"\.{key.lower()}\b", code), f"{name} gets {key}, never read"
+    assert set(SERVICE_CODE) <= set(services()), "SERVICE_CODE names a missing service"
+
+
+@pytest.mark.parametrize("name", ["api", "webapp", "trainer", "airflow-worker"])
 def test_project_containers_get_a_valid_docker_settings(
     settings_env_cleared: pytest.MonkeyPatch, name: str
 ) -> None:
@@ -433,27 +559,220 @@ def test_project_containers_get_a_valid_docker_settings(
     for key, value in container_environment(name).items():
         settings_env_cleared.setenv(key, value)
     settings = load_settings(_env_file=None)
-    assert settings.storage_backend == "s3"
-    assert settings.s3_endpoint_url == "http://minio:9000"
-    assert settings.mlflow_tracking_uri == "http://mlflow:5000"
-    assert settings.minio_root_user == env_values()["MINIO_ROOT_USER"]
-    if name == "webapp":
+    if name in {"trainer", "airflow-worker"}:
+        assert settings.storage_backend == "s3"
+        assert settings.s3_endpoint_url == "http://minio:9000"
+        assert settings.s3_access_key_id == env_values()["S3_ACCESS_KEY_ID"]
+        assert settings.s3_models_bucket == env_values()["S3_MODELS_BUCKET"]
+    else:
+        assert settings.storage_backend == "local" and settings.s3_access_key_id is None
+    if name != "webapp":
+        assert settings.mlflow_tracking_uri == "http://mlflow:5000"
+    if name in {"webapp", "airflow-worker"}:
         assert settings.api_base_url == "http://api:8000"
+    if name in {"api", "airflow-worker"}:
+        assert settings.admin_token is not None
+        assert settings.admin_token.get_secret_value() == env_values()["ADMIN_TOKEN"]
     if name == "api":
         assert settings.api_host == "0.0.0.0"
         assert settings.api_port == PUBLISHED_PORTS["api"]["API_PORT"]
+    if name == "webapp":
+        assert settings.webapp_port == PUBLISHED_PORTS["webapp"]["WEBAPP_PORT"]
+        assert settings.webapp_metrics_host == "0.0.0.0" and settings.webapp_metrics_port == 9100
 
 
-def test_minio_mc_creates_both_buckets() -> None:
+@pytest.mark.parametrize(
+    ("name", "dockerfile", "command"),
+    [
+        ("api", "docker/Dockerfile.api", ["skin-mlops", "serve", "--reload"]),
+        (
+            "webapp",
+            "docker/Dockerfile.app",
+            ["skin-mlops", "webapp", "--host", "0.0.0.0", "--port", "8501", "--dev"],
+        ),
+    ],
+)
+def test_api_and_webapp_run_the_mounted_source_and_restart_on_save(
+    name: str, dockerfile: str, command: list[str]
+) -> None:
+    """./src is mounted where PYTHONPATH points, so it beats the image's installed copy.
+
+    The images install the project non-editable into /app/.venv (site-packages), so
+    without PYTHONPATH the mount would be ignored. That PYTHONPATH beats an installed copy,
+    and that ``serve --reload`` then restarts on a saved file, is run for real in
+    tests/api/test_cli_reload.py.
+    """
+    service = services()[name]
+    assert service["command"] == command
+    mounts = {v.split(":")[1]: v.split(":") for v in service["volumes"]}
+    pythonpath = environment_of(service)["PYTHONPATH"]
+    assert mounts[pythonpath] == ["./src", pythonpath, "ro"], f"{name}: ./src not at PYTHONPATH"
+    assert (REPO_ROOT / "src" / "skin_mlops" / "__init__.py").is_file()
+    assert service["build"]["dockerfile"] == dockerfile
+    instructions = dockerfile_instructions(REPO_ROOT / dockerfile)
+    syncs = [rest for kw, rest in instructions if kw == "RUN" and "uv sync" in rest]
+    assert "--no-editable" in syncs[-1], "installed non-editable: PYTHONPATH is what counts"
+    workdirs = [rest for kw, rest in instructions if kw == "WORKDIR"]
+    assert workdirs[-1] == "/app" and pythonpath == "/app/src"
+    image_env = image_environment(name)
+    assert "PYTHONPATH" not in image_env, "the image itself runs its installed copy"
+
+
+def test_compose_commands_use_options_the_cli_has() -> None:
+    """`serve --reload`, `webapp --dev`: a misspelt option would stop the container at start."""
+    from typer.main import get_command
+
+    from skin_mlops.cli import app
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    checked = set()
+    for name, service in services().items():
+        words = service.get("command")
+        if not isinstance(words, list) or words[:1] != ["skin-mlops"]:
+            continue
+        options = {opt for param in commands[words[1]].params for opt in param.opts}
+        options |= {opt for p in commands[words[1]].params for opt in p.secondary_opts}
+        for word in words[2:]:
+            if word.startswith("--"):
+                assert word.split("=")[0] in options, f"{name}: {words[1]} has no {word}"
+        checked.add(name)
+    assert {"api", "webapp", "trainer"} <= checked
+
+
+# --- MinIO: the buckets, the app's user and its policy (docker/minio/setup.sh) --------------
+
+
+def run_minio_setup(tmp_path: Path, env: dict[str, str], fail_on: str = "") -> tuple[int, str]:
+    """Run the real setup script with a fake ``mc`` that logs its calls; (rc, calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "mc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'printf "%s\\n" "$*" >> "$MC_CALLS"\n'
+        'if [ "$1 $2 $3" = "admin policy create" ]; then cat "$6" > "$MC_POLICY"; fi\n'
+        'if [ -n "$MC_FAIL_ON" ] && [ "$1 $2" = "$MC_FAIL_ON" ]; then exit 1; fi\n'
+    )
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.log"
+    calls.unlink(missing_ok=True)
+    calls.touch()
+    result = subprocess.run(
+        ["/bin/sh", str(MINIO_SETUP)],
+        env={
+            **env,
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "MC_CALLS": str(calls),
+            "MC_POLICY": str(tmp_path / "policy.json"),
+            "MC_FAIL_ON": fail_on,
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return result.returncode, calls.read_text()
+
+
+def test_minio_mc_runs_the_setup_script_with_the_keys_it_needs() -> None:
     service = services()["minio-mc"]
     env = environment_of(service)
-    assert env["S3_PROCESSED_BUCKET"] == "skin-processed"
-    assert env["S3_MODELS_BUCKET"] == "models-registry"
-    script = " ".join(service["command"])
-    assert 'mc mb --ignore-existing "skin/$S3_PROCESSED_BUCKET"' in script
-    assert 'mc mb --ignore-existing "skin/$S3_MODELS_BUCKET"' in script
+    values = env_values()
+    assert env == {
+        key: values[key]
+        for key in (
+            "MINIO_ROOT_USER",
+            "MINIO_ROOT_PASSWORD",
+            "S3_PROCESSED_BUCKET",
+            "S3_MODELS_BUCKET",
+            "S3_ACCESS_KEY_ID",
+            "S3_SECRET_ACCESS_KEY",
+        )
+    }
     assert env["MINIO_ROOT_USER"] == services()["minio"]["environment"]["MINIO_ROOT_USER"]
+    (entrypoint_shell, script) = service["entrypoint"]
+    assert entrypoint_shell == "/bin/sh" and not service.get("command")
+    assert f"./docker/minio/setup.sh:{script}:ro" in service["volumes"]
     assert depends_on(service) == {"minio": "service_healthy"}
+
+
+def test_minio_setup_creates_the_buckets_the_user_and_attaches_the_policy(
+    tmp_path: Path,
+) -> None:
+    env = environment_of(services()["minio-mc"])
+    rc, calls = run_minio_setup(tmp_path, env)
+    assert rc == 0, calls
+    user, secret = env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]
+    root, root_password = env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]
+    assert calls.splitlines() == [
+        f"alias set skin http://minio:9000 {root} {root_password}",
+        "mb --ignore-existing skin/skin-processed",
+        "mb --ignore-existing skin/models-registry",
+        "admin policy create skin skin-app /dev/stdin",
+        f"admin user add skin {user} {secret}",  # before attach: the user must exist
+        f"admin policy attach skin skin-app --user {user}",
+        "ls skin",
+    ]
+    # A missing key stops it before any call; a failing call stops it there.
+    for key in ("S3_ACCESS_KEY_ID", "MINIO_ROOT_PASSWORD"):
+        rc, calls = run_minio_setup(tmp_path, {k: v for k, v in env.items() if k != key})
+        assert rc != 0 and calls == "", key
+    rc, calls = run_minio_setup(tmp_path, env, fail_on="admin policy")
+    assert rc != 0 and "admin user add" not in calls
+
+
+# Each S3 call the object store makes (skin_mlops.storage.S3ObjectStore) and the MLflow
+# artifact proxy makes, as the IAM action MinIO checks.
+ACTIONS_THE_PROJECT_NEEDS = {
+    "bucket": {"s3:ListBucket"},  # ListObjectsV2, HeadBucket
+    "object": {  # Get/Head, Put (+ multipart upload_file), Delete, aborted multipart
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    },
+}
+
+# Everything the app user may do: list, read, write and delete objects. No wildcard, no
+# bucket creation or deletion, no bucket policy, ACL, versioning or lifecycle change.
+ACTIONS_ALLOWED = {
+    "s3:GetBucketLocation",
+    "s3:ListBucket",
+    "s3:ListBucketMultipartUploads",
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+}
+
+
+def test_the_app_policy_grants_only_the_project_buckets(tmp_path: Path) -> None:
+    env = environment_of(services()["minio-mc"])
+    rc, calls = run_minio_setup(tmp_path, env)
+    assert rc == 0, calls
+    policy = json.loads((tmp_path / "policy.json").read_text())  # what mc was given
+    buckets = {env["S3_PROCESSED_BUCKET"], env["S3_MODELS_BUCKET"]}
+    assert buckets == {"skin-processed", "models-registry"}
+    granted: dict[tuple[str, str], set[str]] = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow" and set(statement) <= {
+            "Sid",
+            "Effect",
+            "Action",
+            "Resource",
+        }, statement
+        actions = statement["Action"]
+        unexpected = sorted(set(actions) - ACTIONS_ALLOWED)
+        assert not unexpected, f"more than listing, reading and writing objects: {unexpected}"
+        for resource in statement["Resource"]:
+            match = re.fullmatch(r"arn:aws:s3:::([a-z0-9.-]+)(/\*)?", resource)
+            assert match and match.group(1) in buckets, f"{resource} is not a project bucket"
+            kind = "object" if match.group(2) else "bucket"
+            granted.setdefault((match.group(1), kind), set()).update(actions)
+    for bucket in buckets:
+        for kind, needed in ACTIONS_THE_PROJECT_NEEDS.items():
+            missing = needed - granted.get((bucket, kind), set())
+            assert not missing, f"{bucket} ({kind}) lacks {sorted(missing)}"
 
 
 def test_mlflow_runs_on_postgres_with_artifacts_in_minio() -> None:
@@ -473,7 +792,7 @@ def test_mlflow_runs_on_postgres_with_artifacts_in_minio() -> None:
     env = environment_of(service)
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert env["AWS_ACCESS_KEY_ID"] == values["MINIO_ROOT_USER"]
+    assert env["AWS_ACCESS_KEY_ID"] == values["S3_ACCESS_KEY_ID"]
     db_env = environment_of(services()["mlflow-db"])
     assert db_env["POSTGRES_USER"] == values["MLFLOW_DB_USER"]
     assert db_env["POSTGRES_DB"] == values["MLFLOW_DB_NAME"]
@@ -500,7 +819,8 @@ def test_airflow_is_version_3_with_celery_redis_and_postgres() -> None:
         assert service["build"]["args"]["AIRFLOW_IMAGE"] == values["AIRFLOW_IMAGE"], name
         assert "./src:/opt/airflow/src:ro" in service["volumes"], name
         assert env["PYTHONPATH"] == "/opt/airflow/src", name
-        assert env["STORAGE_BACKEND"] == "s3" and env["API_BASE_URL"] == "http://api:8000"
+        if name == "airflow-worker":  # the one that runs the project's tasks
+            assert env["STORAGE_BACKEND"] == "s3" and env["API_BASE_URL"] == "http://api:8000"
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"postgresql+psycopg2://{db_url}"
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql://{db_url}"

@@ -13,7 +13,7 @@ import pytest
 
 from ingest_fixtures import free_port, start_moto_server, stop_process
 from skin_mlops.core.config import load_settings
-from skin_mlops.core.errors import StorageError
+from skin_mlops.core.errors import ConfigError, StorageError
 from skin_mlops.storage import (
     LocalObjectStore,
     ObjectNotFoundError,
@@ -212,7 +212,7 @@ def test_s3_wrong_credentials_is_one_clear_line(moto_with_auth: str) -> None:
         with pytest.raises(StorageError) as info:
             call()
         assert "refused the credentials" in str(info.value)
-        assert "MINIO_ROOT_USER" in str(info.value) and "\n" not in str(info.value)
+        assert "S3_ACCESS_KEY_ID" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_s3_retry_configuration_is_applied() -> None:
@@ -227,24 +227,44 @@ def test_s3_retry_configuration_is_applied() -> None:
 # --- factory --------------------------------------------------------------------------------
 
 
+def test_s3_backend_never_falls_back_to_the_minio_root_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the root login set: the app refuses to start and names the key it needs."""
+    for key in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MINIO_ROOT_USER", "minio-root")
+    monkeypatch.setenv("MINIO_ROOT_PASSWORD", "minio-root-secret")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None, storage_backend="s3", s3_endpoint_url="http://127.0.0.1:9")
+    assert "S3_ACCESS_KEY_ID is required when STORAGE_BACKEND=s3" in str(info.value)
+    monkeypatch.setenv("S3_ACCESS_KEY_ID", "skin-app")
+    with pytest.raises(ConfigError, match="S3_SECRET_ACCESS_KEY is required"):
+        load_settings(_env_file=None, storage_backend="s3", s3_endpoint_url="http://127.0.0.1:9")
+
+
 def test_make_object_store_local(tmp_path: Path) -> None:
     settings = load_settings(storage_backend="local", local_object_root=tmp_path / "o")
     store = make_object_store(settings)
     assert isinstance(store, LocalObjectStore) and store.root == tmp_path / "o"
 
 
-def test_make_object_store_s3_uses_minio_credentials(moto_endpoint: str) -> None:
+def test_make_object_store_s3_uses_the_app_credentials(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY sign the requests; MinIO's root login is
+    ignored even when it is in the environment (as on a machine that runs MinIO)."""
+    monkeypatch.setenv("MINIO_ROOT_USER", "minio-root")
+    monkeypatch.setenv("MINIO_ROOT_PASSWORD", "minio-root-secret")
+    monkeypatch.setenv("S3_ACCESS_KEY_ID", "skin-app")
+    monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "skin-app-secret")
     settings = load_settings(
-        storage_backend="s3",
-        s3_endpoint_url=moto_endpoint,
-        minio_root_user="minio",
-        minio_root_password="minio-secret",
-        s3_max_attempts=3,
+        _env_file=None, storage_backend="s3", s3_endpoint_url=moto_endpoint, s3_max_attempts=3
     )
     store = make_object_store(settings)
     assert isinstance(store, S3ObjectStore)
     credentials = store._client._request_signer._credentials
-    assert (credentials.access_key, credentials.secret_key) == ("minio", "minio-secret")
+    assert (credentials.access_key, credentials.secret_key) == ("skin-app", "skin-app-secret")
     assert store._client.meta.config.retries["total_max_attempts"] == 3
     name = _unique_bucket()
     store.ensure_bucket(name)

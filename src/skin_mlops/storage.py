@@ -310,7 +310,9 @@ class S3ObjectStore:
 
     Args:
         endpoint_url: e.g. ``http://localhost:9000``; ``None`` means AWS itself.
-        access_key, secret_key: the credentials (MinIO root user/password in the stack).
+        access_key, secret_key: the credentials (``S3_ACCESS_KEY_ID`` /
+            ``S3_SECRET_ACCESS_KEY``: in the stack, the MinIO user limited to the project's
+            buckets, never MinIO's root login).
         region: the signing region.
         max_attempts: total tries per call (botocore retries with exponential backoff).
         connect_timeout: seconds to wait for a TCP connection before a try fails.
@@ -390,12 +392,13 @@ class S3ObjectStore:
             if code in _CREDENTIAL_CODES:
                 return StorageError(
                     f"S3 endpoint {endpoint} refused the credentials on {action} {where} "
-                    f"({code}); check MINIO_ROOT_USER / MINIO_ROOT_PASSWORD"
+                    f"({code}); check S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY (the app's "
+                    "S3 user and its access to this bucket)"
                 )
             return StorageError(f"S3 {action} {where} failed at {endpoint}: {code} {message}")
         if isinstance(exc, NoCredentialsError):
             return StorageError(
-                f"no S3 credentials for {endpoint}; set MINIO_ROOT_USER / MINIO_ROOT_PASSWORD"
+                f"no S3 credentials for {endpoint}; set S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY"
             )
         if isinstance(exc, ConnectionError):
             return StorageError(
@@ -555,11 +558,11 @@ def make_object_store(settings: Settings, *, max_pool_connections: int = 16) -> 
     if settings.storage_backend == "local":
         return LocalObjectStore(settings.local_object_root)
     if settings.storage_backend == "s3":
-        password = settings.minio_root_password
+        secret = settings.s3_secret_access_key
         return S3ObjectStore(
             endpoint_url=settings.s3_endpoint_url,
-            access_key=settings.minio_root_user or "",
-            secret_key=password.get_secret_value() if password else "",
+            access_key=settings.s3_access_key_id or "",
+            secret_key=secret.get_secret_value() if secret else "",
             region=settings.s3_region,
             max_attempts=settings.s3_max_attempts,
             connect_timeout=settings.s3_connect_timeout_s,

@@ -139,18 +139,18 @@ def test_unknown_storage_backend_is_named(monkeypatch: pytest.MonkeyPatch) -> No
     ("present", "missing"),
     [
         ({}, "S3_ENDPOINT_URL"),
-        ({"S3_ENDPOINT_URL": "http://127.0.0.1:9000"}, "MINIO_ROOT_USER"),
+        ({"S3_ENDPOINT_URL": "http://127.0.0.1:9000"}, "S3_ACCESS_KEY_ID"),
         (
-            {"S3_ENDPOINT_URL": "http://127.0.0.1:9000", "MINIO_ROOT_USER": "u"},
-            "MINIO_ROOT_PASSWORD",
+            {"S3_ENDPOINT_URL": "http://127.0.0.1:9000", "S3_ACCESS_KEY_ID": "u"},
+            "S3_SECRET_ACCESS_KEY",
         ),
         (
             {
                 "S3_ENDPOINT_URL": "http://127.0.0.1:9000",
-                "MINIO_ROOT_USER": "u",
-                "MINIO_ROOT_PASSWORD": "",
+                "S3_ACCESS_KEY_ID": "u",
+                "S3_SECRET_ACCESS_KEY": "",
             },
-            "MINIO_ROOT_PASSWORD",
+            "S3_SECRET_ACCESS_KEY",
         ),
     ],
 )
@@ -168,12 +168,12 @@ def test_s3_backend_without_credentials_names_the_missing_key(
 def test_s3_backend_with_everything_set_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STORAGE_BACKEND", "s3")
     monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9000")
-    monkeypatch.setenv("MINIO_ROOT_USER", "user")
-    monkeypatch.setenv("MINIO_ROOT_PASSWORD", "secret-pass")
+    monkeypatch.setenv("S3_ACCESS_KEY_ID", "user")
+    monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "secret-pass")
     settings = load_settings(_env_file=None)
     assert settings.storage_backend == "s3"
-    assert settings.minio_root_password is not None
-    assert settings.minio_root_password.get_secret_value() == "secret-pass"
+    assert settings.s3_secret_access_key is not None
+    assert settings.s3_secret_access_key.get_secret_value() == "secret-pass"
     assert "secret-pass" not in repr(settings)  # secrets never printed
 
 

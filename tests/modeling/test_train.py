@@ -298,8 +298,8 @@ def test_images_come_from_the_object_store_when_files_are_gone(
         tmp_path,
         storage_backend="s3",
         s3_endpoint_url=moto_endpoint,
-        minio_root_user="test",
-        minio_root_password="test",
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
         s3_models_bucket=f"models-{suffix}",
     )
     run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
@@ -450,8 +450,8 @@ def test_unreachable_object_store_is_one_line(
         tmp_path,
         storage_backend="s3",
         s3_endpoint_url=f"http://127.0.0.1:{_free_port()}",
-        minio_root_user="u",
-        minio_root_password="p",
+        s3_access_key_id="u",
+        s3_secret_access_key="p",
         s3_max_attempts=1,
         s3_connect_timeout_s=1.0,
     )

@@ -38,8 +38,10 @@ class Settings(BaseSettings):
     local_object_root: Path = Path("data/objects")
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
-    minio_root_user: str | None = None
-    minio_root_password: SecretStr | None = None
+    # The app's own S3 user (in Docker: the MinIO user minio-mc creates, allowed only the
+    # project's buckets). MinIO's root login (MINIO_ROOT_*) is never read by the app.
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
     s3_processed_bucket: str = "skin-processed"
     s3_models_bucket: str = "models-registry"
     s3_max_attempts: int = Field(default=5, ge=1, le=20)
@@ -123,8 +125,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _s3_needs_credentials(self) -> Settings:
         if self.storage_backend == "s3":
-            for key in ("s3_endpoint_url", "minio_root_user", "minio_root_password"):
-                if not getattr(self, key):
+            for key in ("s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key"):
+                value = getattr(self, key)
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                if not value:
                     raise ValueError(f"{key.upper()} is required when STORAGE_BACKEND=s3")
         return self
 
