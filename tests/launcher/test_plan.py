@@ -133,3 +133,17 @@ def test_promtool_accepts_the_generated_config_and_its_rules(tmp_path: Path) -> 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
     assert "rule" in result.stdout + result.stderr  # the rule files were found and checked
+
+
+def test_the_api_waits_for_mlflow_only_for_a_registry_source(
+    raw_dataset: RawDataset, tiny_models: TinyModels
+) -> None:
+    link = raw_dataset.root / "runs" / "skin5-current"
+    publish_tiny_export(link, tiny_models.v1, "v1")
+    for source, expected in ((str(link), ()), ("models:/skin-classifier@champion", ("mlflow",))):
+        settings = raw_dataset.settings.model_copy(update={"model_source": source})
+        services = plan_services(
+            settings, plan_model(settings), with_airflow=False, prometheus=None
+        )
+        api = next(s for s in services if s.name == "api")
+        assert api.depends_on == expected

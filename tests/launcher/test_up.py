@@ -218,3 +218,44 @@ def test_after_a_sigkilled_up_the_next_one_sweeps_its_children(
     assert all_gone(family) == []
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=90) == 0
+
+
+@pytest.mark.slow
+def test_up_with_airflow_adds_a_healthy_airflow_that_prometheus_scrapes(
+    project: Project, cleanup: list[subprocess.Popen[bytes]]
+) -> None:
+    require_tool("prometheus", "apt-get install prometheus")
+    project.ports["airflow"] = free_port()
+    project.env.update(
+        {
+            "AIRFLOW_PORT": str(project.ports["airflow"]),
+            "AIRFLOW_HOME": str(project.root / "airflow-home"),
+            "AIRFLOW_DAGS_DIR": str(REPO / "airflow" / "dags"),
+            "UP_HEALTH_TIMEOUT_S": "300",
+        }
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "skin_mlops.cli", "up", "--with-airflow"],
+        cwd=project.root,
+        env=project.env,
+        stdout=(project.root / "up.out").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    cleanup.append(process)
+    text = wait_until_up(process, project.root / "up.out", timeout_s=420)
+    assert project.url("airflow") in text and "Airflow login: admin" in text
+    health = httpx.get(f"{project.url('airflow')}/api/v2/monitor/health", timeout=10).json()
+    assert health["metadatabase"]["status"] == "healthy"
+    assert health["scheduler"]["status"] == "healthy"
+    targets = wait_targets_up(project, timeout_s=90)
+    assert {t["labels"]["job"] for t in targets} == {
+        "skin-api",
+        "skin-webapp",
+        "airflow",
+        "prometheus",
+    }
+    family = family_of(process.pid)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert all_gone(family) == []

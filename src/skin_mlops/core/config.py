@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     logs_dir: Path = Path("logs")
     monitoring_dir: Path = Path("monitoring")
     airflow_home: Path = Path("data/airflow")
+    airflow_dags_dir: Path = Path("airflow/dags")
     prometheus_data_dir: Path = Path("data/prometheus")
     # How long each service may take to answer its health URL before `up` gives up.
     up_health_timeout_s: float = Field(default=120.0, gt=0, le=3600)

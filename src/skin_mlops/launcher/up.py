@@ -38,7 +38,6 @@ from skin_mlops.launcher.processes import Child, RunFile, start_child, stop_chil
 from skin_mlops.launcher.prometheus_config import write_localhost_config
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
-DAGS_FOLDER = Path("airflow/dags")
 POLL_S = 0.25
 
 
@@ -105,7 +104,8 @@ def plan_services(
     if tracking:
         services.append(svc.mlflow_service(settings))
     needs = ("mlflow",) if tracking else ()
-    api_after = needs
+    # The API needs MLflow only to resolve a registry source; an export folder is read as is.
+    api_after = needs if settings.model_source.startswith("models:/") else ()
     if plan.action == "train":
         services.append(svc.pipeline_service(settings, depends_on=needs))
         api_after = ("pipeline",)
@@ -114,7 +114,7 @@ def plan_services(
     )
     services.append(svc.webapp_service(settings))
     if with_airflow:
-        services.append(svc.airflow_service(settings, DAGS_FOLDER, depends_on=needs))
+        services.append(svc.airflow_service(settings, settings.airflow_dags_dir, depends_on=needs))
     if prometheus:
         running = {s.name for s in services} | {"prometheus"}
         config = write_localhost_config(settings, running)
