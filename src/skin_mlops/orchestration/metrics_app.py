@@ -15,7 +15,7 @@ Series (gauges of what the DB holds now, labels low-cardinality):
 ``airflow_scheduler_up``                           1 if a scheduler job is running
 ``airflow_task_instances{state}``                  task instances by state
 ``airflow_queue_depth``                            queued + scheduled task instances
-``airflow_dag_runs{dag_id,state}``                 DAG runs by DAG and state
+``airflow_dag_runs{dag_id,state}``                 DAG runs by DAG and state (0 if none)
 ``airflow_dag_last_run_duration_seconds{dag_id}``  duration of the newest finished run
 ``airflow_dag_last_success_timestamp_seconds``     end of the newest successful run (UNIX s)
 ``airflow_dag_import_errors``                      files the DAG processor could not import
@@ -53,6 +53,8 @@ TASK_STATES = (
     "up_for_reschedule",
 )
 
+RUN_STATES = ("queued", "running", "success", "failed")
+
 SessionFactory = Callable[[], AbstractContextManager[Any]]
 
 
@@ -71,7 +73,7 @@ def _timestamp(value: datetime | None) -> float | None:
 def collect(session_factory: SessionFactory = _default_session) -> bytes:
     """Query the metadata DB and render the series above (raises on a DB error)."""
     from airflow.jobs.job import Job, most_recent_job
-    from airflow.models import DagRun, TaskInstance
+    from airflow.models import DagModel, DagRun, TaskInstance
     from airflow.models.errors import ParseImportError
     from sqlalchemy import func, select
 
@@ -87,6 +89,7 @@ def collect(session_factory: SessionFactory = _default_session) -> bytes:
                 select(TaskInstance.state, func.count()).group_by(TaskInstance.state)
             ).all()
         )
+        known_dags = list(session.scalars(select(DagModel.dag_id)).all())
         run_counts = session.execute(
             select(DagRun.dag_id, DagRun.state, func.count()).group_by(DagRun.dag_id, DagRun.state)
         ).all()
@@ -121,6 +124,11 @@ def collect(session_factory: SessionFactory = _default_session) -> bytes:
         task_counts.get("queued", 0) + task_counts.get("scheduled", 0)
     )
     runs = gauge("airflow_dag_runs", "DAG runs by DAG and state.", ("dag_id", "state"))
+    # Every known DAG's run states exist at 0 from the start: a first failure is then a
+    # step 0 -> 1 that delta()/increase() see, not a new series already at 1.
+    for dag_id in known_dags:
+        for state in RUN_STATES:
+            runs.labels(dag_id=dag_id, state=state).set(0)
     for dag_id, state, count in run_counts:
         runs.labels(dag_id=dag_id, state=str(state)).set(count)
     duration = gauge(
