@@ -52,6 +52,31 @@ def test_both_urls_answer_prometheus_text_with_every_series(client: TestClient) 
     assert values["airflow_dag_import_errors"] == 0
 
 
+def test_every_known_dag_has_its_run_states_at_zero_before_any_run(
+    client: TestClient,
+    dagbag,  # noqa: ANN001
+) -> None:
+    """As the DAG processor does: the DAG files written to the DB, no run yet."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.utils.session import create_session
+
+    from skin_mlops.orchestration.metrics_app import RUN_STATES
+
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+        sync_bag_to_db(bag, bundle.name, bundle.version)
+    values = parse_metrics(client.get("/metrics").text)
+    for dag_id in dagbag.dags:
+        for state in RUN_STATES:
+            assert f'airflow_dag_runs{{dag_id="{dag_id}",state="{state}"}}' in values
+
+
 def test_values_change_after_a_dag_run(
     client: TestClient,
     dagbag,  # noqa: ANN001
