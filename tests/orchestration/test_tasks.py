@@ -42,6 +42,15 @@ def test_an_api_that_refuses_the_reload_fails_the_task(live_api: str) -> None:
         tasks.reload_api(PROMOTED, settings=settings)
 
 
+def test_the_b0_backbone_gets_the_one_pooling_it_supports() -> None:
+    from skin_mlops.modeling.train import TrainingOptions
+
+    overrides = training_overrides({"backbone": "efficientnet_b0"})
+    options = TrainingOptions(**overrides)
+    assert dict(options.backbone_options)["pooling"] == "avg"  # B0's only pooling
+    assert "backbone_options" not in training_overrides({"backbone": "efficientnet_lite0"})
+
+
 def test_training_overrides_drop_defaults_and_refuse_unknown_keys() -> None:
     assert training_overrides({"epochs": 3, "image_size": None}) == {"epochs": 3}
     with pytest.raises(Exception, match="unknown training param"):

@@ -49,7 +49,11 @@ def training_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"unknown training param(s) {', '.join(unknown)}; known: {', '.join(TRAIN_PARAMS)}"
         )
-    return {key: value for key, value in params.items() if value is not None}
+    overrides = {key: value for key, value in params.items() if value is not None}
+    if overrides.get("backbone") == "efficientnet_b0":
+        # Keras' EfficientNetB0 has one pooling (the recipe's default pools Lite0 blocks).
+        overrides["backbone_options"] = (("pooling", "avg"),)
+    return overrides
 
 
 def run_params(params: Mapping[str, Any], conf: Mapping[str, Any] | None) -> dict[str, Any]:
