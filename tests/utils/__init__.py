@@ -3,4 +3,7 @@
 * :mod:`utils.images` - small encoded test images (colours, EXIF orientation).
 * :mod:`utils.model_factory` - tiny exported models that honour the model contract.
 * :mod:`utils.servers` - a live API server in a thread, free ports, child processes.
+* :mod:`utils.tools` - external binaries a test needs (fail under ``CI=true``, else skip).
+* :mod:`utils.prometheus` - metric parsing, a real Prometheus on a free port, PromQL names.
+* :mod:`utils.grafana` - the provisioned dashboards, their panels and queries.
 """
