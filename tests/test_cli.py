@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -69,8 +70,40 @@ def test_help_lists_every_stage_and_does_not_load_tensorflow(tmp_path: Path) -> 
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)
     result = run_cli(["--help"], tmp_path)
     assert result.returncode == 0, result.stderr
-    for command in ("ingest", "train", "serve", "pipeline"):
+    for command in ("ingest", "train", "serve", "pipeline", "predict"):
         assert command in result.stdout
+
+
+DATASET_CONFIG_COMMANDS = ("ingest", "train", "pipeline")
+
+
+@pytest.mark.parametrize("command", DATASET_CONFIG_COMMANDS)
+def test_every_dataset_command_takes_config_and_the_dataset_config_alias(
+    command: str, tmp_path: Path
+) -> None:
+    """One name (``--config``/``-c``), one help line, and the spec's ``--dataset-config``."""
+    shown = run_cli([command, "--help"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "--config,--dataset-config" in shown.stdout
+    assert re.search(r"\s-c\s", shown.stdout), shown.stdout
+    assert "Dataset config YAML (default: DATASET_CONFIG)." in " ".join(shown.stdout.split())
+    for spelling in ("--config", "--dataset-config", "-c"):
+        missing = tmp_path / f"no-such{spelling}.yaml"
+        result = run_cli([command, spelling, str(missing)], tmp_path)
+        assert result.returncode == 2, (spelling, result.stdout, result.stderr)
+        assert f"dataset config not found: {missing}" in result.stderr, spelling
+        assert "Traceback" not in result.stderr
+
+
+def test_ingest_reads_the_config_named_by_the_alias(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path / "proj", {"train": 1, "val": 1})
+    (workdir / "configs" / "dataset_config.yaml").rename(workdir / "configs" / "other.yaml")
+
+    result = run_cli(["ingest", "--dataset-config", "configs/other.yaml"], workdir)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    with sqlite3.connect(workdir / "data/metadata/skin_metadata.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM lesions_data").fetchone()[0] == 4
 
 
 def test_missing_dataset_config_is_one_line_not_a_trace(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from skin_mlops.core.errors import SkinMlopsError
 
 app = typer.Typer(
     name="skin-mlops",
-    help="Skin-disease photo classification platform: up, ingest, train, serve, webapp.",
+    help="Skin-disease photo classification platform: up, ingest, train, serve, predict, webapp.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -44,21 +44,31 @@ app.command("webapp")(webapp_command)
 from skin_mlops.launcher.cli import up_command  # noqa: E402
 
 app.command("up")(up_command)
+from skin_mlops.modeling.predict import predict_command  # noqa: E402
+
+app.command("predict")(predict_command)
 
 
 @app.command("pipeline")
 def pipeline_command(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Dataset config YAML (default: DATASET_CONFIG)."),
+        typer.Option(
+            "--config",
+            "-c",
+            "--dataset-config",
+            help="Dataset config YAML (default: DATASET_CONFIG).",
+        ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Head epochs (default: train's).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Head training epochs (default: train's default).")
+    ] = None,
     strict: Annotated[
         bool,
         typer.Option(help="Stop before training when ingestion reported corrupt files/conflicts."),
     ] = False,
 ) -> None:
-    """The main job: ingest data/raw (train + val), then train, evaluate, register, export."""
+    """Run the main job: ingest data/raw (train + val), then train, evaluate, register, export."""
     settings = get_settings()
     config_path = config or settings.dataset_config
     console = Console()

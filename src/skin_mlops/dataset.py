@@ -1122,7 +1122,10 @@ def ingest_command(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c", help="Dataset config YAML (default: the DATASET_CONFIG setting)."
+            "--config",
+            "-c",
+            "--dataset-config",
+            help="Dataset config YAML (default: DATASET_CONFIG).",
         ),
     ] = None,
     splits: Annotated[

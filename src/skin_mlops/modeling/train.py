@@ -1248,7 +1248,10 @@ def train_command(
     dataset_config: Annotated[
         Path | None,
         typer.Option(
-            "--dataset-config", "-c", help="Dataset config YAML [default: DATASET_CONFIG]."
+            "--config",
+            "-c",
+            "--dataset-config",
+            help="Dataset config YAML (default: DATASET_CONFIG).",
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Head training epochs.")] = DEFAULT_EPOCHS,
