@@ -9,11 +9,13 @@ import pytest
 
 from skin_mlops.core.errors import DataError
 from skin_mlops.metadata import (
+    SCHEMA_VERSION,
     LesionRecord,
     MetadataDB,
     SourceFileRecord,
     count_lesions,
     read_lesions,
+    schema_version,
     utc_now,
 )
 
@@ -160,3 +162,52 @@ def test_reading_a_non_db_file_is_one_clear_line(tmp_path: Path) -> None:
     bogus.write_text("not sqlite at all, " * 100)
     with pytest.raises(DataError, match="cannot read metadata DB"):
         read_lesions(bogus)
+
+
+# --- schema version ------------------------------------------------------------------------------
+
+
+def _user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def test_the_writer_stamps_the_schema_version(db: MetadataDB) -> None:
+    assert schema_version(db.conn) == SCHEMA_VERSION
+    assert _user_version(db.path) == SCHEMA_VERSION
+
+
+@pytest.fixture
+def newer_db(tmp_path: Path) -> Path:
+    """A real DB file as a future skin-mlops would leave it: our tables, a higher version."""
+    path = tmp_path / "newer.db"
+    with MetadataDB(path) as opened:
+        with opened.transaction():
+            opened.upsert_lesion(_record("a" * 64))
+        opened.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    return path
+
+
+@pytest.mark.parametrize("open_it", [MetadataDB, read_lesions], ids=["writer", "reader"])
+def test_a_db_from_a_newer_version_is_refused_in_one_line(newer_db: Path, open_it) -> None:
+    with pytest.raises(DataError) as caught:
+        open_it(newer_db)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(newer_db) in message
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert f"version {SCHEMA_VERSION} this skin-mlops knows" in message
+    assert _user_version(newer_db) == SCHEMA_VERSION + 1  # nothing rewritten
+
+
+def test_a_db_from_before_versioning_is_read_and_stamped_by_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with MetadataDB(path) as opened:
+        with opened.transaction():
+            opened.upsert_lesion(_record("b" * 64))
+        opened.conn.execute("PRAGMA user_version=0")  # as written before the version existed
+    assert [r.sha256 for r in read_lesions(path)] == ["b" * 64]  # readers accept it as it is
+    assert _user_version(path) == 0
+    with MetadataDB(path) as opened:
+        assert set(opened.lesions("ds")) == {("train", "acne", "b" * 64)}
+    assert _user_version(path) == SCHEMA_VERSION

@@ -12,7 +12,10 @@ written to a fresh version folder, checked, then the link is swapped with one at
 ``os.replace``: a reader never sees a half-written model. Readers call
 :func:`resolve_export_dir` once and read every file from the resolved folder.
 
-Pure stdlib + pydantic: importable by the API image (no TensorFlow).
+The output contract is here too: models output logits, and :func:`softmax` turns them
+into the calibrated probabilities every caller shows (the API, training, the benchmarks).
+
+Stdlib, numpy and pydantic only: importable by the API image (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from skin_mlops.core.errors import DataError
@@ -63,6 +67,18 @@ class ModelSignature(BaseModel):
     output_kind: str = "logits"
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated probabilities ``softmax(logits / temperature)`` over the last axis.
+
+    float64 whatever the input, numerically stable (the row maximum is subtracted before
+    ``exp``), for one row ``[K]`` or a batch ``[N, K]``; each row sums to 1.
+    """
+    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def class_index(labels: list[str]) -> dict[str, str]:

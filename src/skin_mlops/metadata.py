@@ -22,6 +22,11 @@ Two tables:
 The DB runs in WAL mode (readers never block the writer) with ``synchronous=NORMAL``,
 which survives a killed process (a power cut may lose the last commits, which the next
 ingestion redoes from the files on disk).
+
+The schema version is SQLite's ``user_version``, written by every writer and checked on
+every open: a DB from a newer skin-mlops (a higher version) is refused with one line
+rather than half-understood; an older one (0: created before versioning) is brought up
+to date by the idempotent ``CREATE ... IF NOT EXISTS`` script and stamped.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from skin_mlops.core.errors import DataError
 LesionStatus = Literal["present", "missing", "conflict"]
 FileKind = Literal["image", "not_an_image", "corrupt"]
 
+# Raise it (and bring older DBs up in `connect`) whenever the tables change.
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -143,12 +149,33 @@ _SOURCE_COLUMNS = (
 )
 
 
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The DB's ``PRAGMA user_version`` (0 for a new file or one older than versioning)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_schema_version(conn: sqlite3.Connection, db_path: Path) -> None:
+    """Refuse (closing ``conn``) a DB written by a newer skin-mlops."""
+    found = schema_version(conn)
+    if found > SCHEMA_VERSION:
+        conn.close()
+        raise DataError(
+            f"metadata DB {db_path} has schema version {found}, newer than the version "
+            f"{SCHEMA_VERSION} this skin-mlops knows: upgrade skin-mlops to use it"
+        )
+
+
 def connect(db_path: Path | str) -> sqlite3.Connection:
-    """Open (creating if needed) the metadata DB for writing, in WAL mode, schema ensured."""
+    """Open (creating if needed) the metadata DB for writing, in WAL mode, schema ensured.
+
+    Raises:
+        DataError: the DB cannot be opened, or it comes from a newer skin-mlops.
+    """
     db_path = Path(db_path)
     try:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None)
+        _check_schema_version(conn, db_path)  # before anything is written to it
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
@@ -165,6 +192,7 @@ def _connect_read_only(db_path: Path | str) -> sqlite3.Connection:
         raise DataError(f"metadata DB not found: {db_path} (run `skin-mlops ingest` first)")
     try:
         conn = sqlite3.connect(f"file:{db_path.resolve()}?mode=ro", uri=True, timeout=30.0)
+        _check_schema_version(conn, db_path)
         conn.execute("SELECT 1 FROM lesions_data LIMIT 1")
     except sqlite3.Error as exc:
         raise DataError(f"cannot read metadata DB {db_path}: {exc}") from None

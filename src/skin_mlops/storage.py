@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from skin_mlops.core.errors import StorageError
+from skin_mlops.core.files import atomic_path
 
 if TYPE_CHECKING:
     from skin_mlops.core.config import Settings
@@ -196,15 +197,12 @@ class LocalObjectStore:
             self._existing_bucket_dir(bucket)
             raise ObjectNotFoundError(f"object not found: {bucket}/{key}")
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        temp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
         try:
-            shutil.copyfile(source, temp)
-            os.replace(temp, dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dest) as temp:
+                shutil.copyfile(source, temp)
         except OSError as exc:
             raise StorageError(f"cannot download {bucket}/{key} to {dest}: {exc}") from None
-        finally:
-            temp.unlink(missing_ok=True)
 
     def exists(self, bucket: str, key: str) -> bool:
         """Whether the object file exists."""
@@ -468,8 +466,7 @@ class S3ObjectStore:
         """Download to a temporary file next to ``dest``, then rename it."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        temp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-        try:
+        with atomic_path(dest) as temp:
             self._call(
                 "download",
                 bucket,
@@ -479,9 +476,6 @@ class S3ObjectStore:
                 Key=validate_key(key),
                 Filename=str(temp),
             )
-            os.replace(temp, dest)
-        finally:
-            temp.unlink(missing_ok=True)
 
     def exists(self, bucket: str, key: str) -> bool:
         """``HeadObject``: 404 means absent; any other failure raises."""

@@ -190,3 +190,15 @@ def test_overrides_are_validated_too() -> None:
 
 def test_config_error_is_a_user_error() -> None:
     assert issubclass(ConfigError, SkinMlopsError)
+
+
+def test_environment_is_production_unless_set_and_only_two_values_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dev-secret guard (tests/core/test_dev_secrets.py) keys off this setting."""
+    assert load_settings(_env_file=None).environment == "production"
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    assert load_settings(_env_file=None).environment == "development"
+    monkeypatch.setenv("ENVIRONMENT", "staging")
+    message = config_error()
+    assert "ENVIRONMENT" in message and "'staging'" in message

@@ -138,6 +138,22 @@ def test_champion_score_falls_back_to_the_run_metric(tmp_path, mlflow_db_templat
     assert tracking.champion_score(client, "no-such-model") is None
 
 
+def test_log_params_logs_more_than_one_store_batch_and_skips_none(tmp_path, mlflow_db_template):
+    """250 params (MLflow sends 100 per request): all logged by one call, None ones left out."""
+    import mlflow
+
+    settings = load_settings(
+        mlflow_tracking_uri=_store(tmp_path, mlflow_db_template),
+        mlflow_artifact_root=tmp_path / "artifacts",
+    )
+    experiment_id = tracking.connect(settings)
+    params = {f"p{i:03d}": i for i in range(250)} | {"fine_tune_lr": None}
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        tracking.log_params(params)
+    logged = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(run.info.run_id).data.params
+    assert logged == {key: str(value) for key, value in params.items() if value is not None}
+
+
 def test_mlflow_signature_matches_the_model_contract():
     signature = tracking.mlflow_signature(224, 5)
     (image,) = signature.inputs.inputs

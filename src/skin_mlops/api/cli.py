@@ -76,6 +76,7 @@ def serve_command(
     from skin_mlops.api.main import create_app
     from skin_mlops.api.memory import tune_malloc
     from skin_mlops.core.config import get_settings
+    from skin_mlops.core.dev_secrets import check_secrets
 
     settings = get_settings()  # a bad setting fails here, in one line, in either mode
     overrides = {
@@ -86,6 +87,7 @@ def serve_command(
     if overrides:
         settings = settings.model_copy(update=overrides)
     logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+    check_secrets(settings, component="the API")  # production: no dev secret from .env
     if reload:
         # The worker process reads its settings itself (same environment, same .env).
         if model_source is not None:

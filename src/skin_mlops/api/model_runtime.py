@@ -93,10 +93,7 @@ class LoadedModel:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: ``softmax(logits / temperature)`` (float64, rows sum 1)."""
-        scaled = np.asarray(logits, dtype=np.float64) / self.signature.temperature
-        scaled -= scaled.max(axis=-1, keepdims=True)
-        exp = np.exp(scaled)
-        return exp / exp.sum(axis=-1, keepdims=True)
+        return export_format.softmax(logits, self.signature.temperature)
 
 
 def session_options(intra_op_threads: int, memory_arena: bool = False) -> ort.SessionOptions:

@@ -18,9 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Annotated
 
 import numpy as np
-from fastapi import HTTPException, Request, UploadFile
+from fastapi import Depends, HTTPException, Request, UploadFile
 
 from skin_mlops import preprocessing
 from skin_mlops.api.batching import BatcherStoppedError, MicroBatcher
@@ -53,6 +54,10 @@ class Services:
 def get_services(request: Request) -> Services:
     """FastAPI dependency: the app's :class:`Services`."""
     return request.app.state.services
+
+
+# A route parameter annotated ``ServicesDep`` receives the app's :class:`Services`.
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def require_model(services: Services) -> LoadedModel:

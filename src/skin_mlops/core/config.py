@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
+    # --- deployment ------------------------------------------------------------------
+    # production (the default) refuses to start the API or `up` with a secret still at its
+    # development value from .env; the versioned .env sets development (one warning).
+    # See skin_mlops.core.dev_secrets.
+    environment: Literal["development", "production"] = "production"
+
     # --- storage -------------------------------------------------------------------
     storage_backend: Literal["local", "s3"] = "local"
     local_object_root: Path = Path("data/objects")
@@ -150,7 +156,7 @@ def _one_line(error: ValidationError) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Build a fresh :class:`Settings`, raising :class:`ConfigError` with one clear line."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates them
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
 

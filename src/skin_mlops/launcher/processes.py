@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from skin_mlops.core.files import atomic_write_text
+
 # A probe answers None when healthy, else a short reason ("connection refused", "503").
 Probe = Callable[[], str | None]
 
@@ -174,9 +176,7 @@ class RunFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = os.getpid()
         body = {"launcher": {"pid": me, "started": _start_time(me)}, "children": self.children}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(body, indent=2))
 
     def running_launcher(self) -> int | None:
         """The pid of another live launcher that owns this run file, else None."""

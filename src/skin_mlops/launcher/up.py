@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from skin_mlops.core.config import Settings
+from skin_mlops.core.dev_secrets import check_secrets
 from skin_mlops.core.errors import ConfigError, SkinMlopsError
 from skin_mlops.core.net import check_port_free
 from skin_mlops.launcher import services as svc
@@ -280,6 +281,7 @@ def print_summary(launcher: Launcher, plan: ModelPlan, console: Console) -> None
 
 def run_up(settings: Settings, *, with_airflow: bool, console: Console) -> None:
     """The ``skin-mlops up`` flow (see the module docstring); returns after a clean stop."""
+    check_secrets(settings, component="skin-mlops up")  # production: no dev secret from .env
     run_file = RunFile(settings.logs_dir / ".up-processes.json")
     other = run_file.running_launcher()
     if other:

@@ -28,7 +28,6 @@ import inspect
 import math
 import os
 import socket
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from skin_mlops.core.errors import ConfigError
+from skin_mlops.core.files import atomic_path
 
 if TYPE_CHECKING:
     import keras
@@ -86,20 +86,15 @@ class BackboneSpec:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file (:func:`hashlib.file_digest`: read in chunks, GIL released)."""
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+    """Hex MD5 of a file (the checksum Keras publishes for its weights; not for security)."""
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def _default_cache_dir() -> Path:
@@ -278,14 +273,8 @@ def convert_lite0_weights(source: Path, target: Path) -> None:
             raise ConfigError(f"{source.name}: shape mismatch for {torch_prefix} -> {keras_name}")
         layer.set_weights(weights)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target, suffix=".weights.h5") as tmp:  # Keras insists on the suffix
+        model.save_weights(str(tmp), overwrite=True)
 
 
 def build_efficientnet_lite0(

@@ -21,21 +21,19 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from skin_mlops.export_format import softmax
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_ECE_BINS = 15
 
 
 # --- probabilities and calibration ----------------------------------------------------
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise ``softmax(logits / temperature)`` in float64, numerically stable."""
-    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -263,9 +261,9 @@ def evaluate_logits(
 # --- plots ----------------------------------------------------------------------------------
 
 
-def _save(figure: object, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 

@@ -27,10 +27,11 @@ import numpy as np
 
 from skin_mlops import export_format
 from skin_mlops.core.errors import DataError
-from skin_mlops.modeling.evaluate import softmax
+from skin_mlops.export_format import softmax
 
 if TYPE_CHECKING:
     import keras
+    import onnxruntime as ort
 
     from skin_mlops.storage import ObjectStore
 
@@ -165,7 +166,7 @@ def keras_logits(model: keras.Model, images: np.ndarray, batch_size: int = 16) -
     return np.concatenate(out) if out else np.zeros((0, int(model.output.shape[-1])), np.float32)
 
 
-def onnx_session(path: Path) -> object:
+def onnx_session(path: Path) -> ort.InferenceSession:
     """An ONNX Runtime CPU session of ``path``."""
     import onnxruntime as ort
 
@@ -174,11 +175,13 @@ def onnx_session(path: Path) -> object:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(session: object, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def onnx_logits(
+    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 16
+) -> np.ndarray:
     """Logits of an ONNX Runtime session whose one input takes ``images``."""
-    input_name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    input_name = session.get_inputs()[0].name
     out = [
-        session.run(None, {input_name: images[i : i + batch_size]})[0]  # type: ignore[attr-defined]
+        session.run(None, {input_name: images[i : i + batch_size]})[0]
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out)
@@ -342,7 +345,7 @@ def write_export(
             f"{parity.max_abs_prob_diff:.2e} (tolerance {tolerance:.0e}), top-1 identical: "
             f"{parity.top1_identical}; not published"
         )
-    onnx_in, onnx_out = session.get_inputs()[0], session.get_outputs()[0]  # type: ignore[attr-defined]
+    onnx_in, onnx_out = session.get_inputs()[0], session.get_outputs()[0]
     signature = signature.model_copy(
         update={
             "input": export_format.TensorSpec(

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from skin_mlops.core.files import atomic_path
 from skin_mlops.modeling.export import ExportError, convert_to_onnx, onnx_session
 
 if TYPE_CHECKING:
@@ -93,37 +92,28 @@ def ensure_backbone_onnx(backbone: Backbone, space_key: str, cache_dir: Path) ->
             log.warning("cached backbone ONNX %s is unreadable (%s): converting again", path, exc)
             path.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".backbone-", suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        convert_to_onnx(backbone.model, tmp, backbone.image_size)
-        gap, bound = _max_gap(backbone, tmp)
-        if gap > bound:
-            log.warning(
-                "ONNX conversion of backbone %s disagrees with Keras (max |diff| %.2e > %.2e): "
-                "extracting features with Keras",
-                backbone.name,
-                gap,
-                bound,
-            )
-            return None
-        os.replace(tmp, path)
-        return path
+        # Published only once it agrees with Keras; a failed check removes the temporary file.
+        with atomic_path(path, suffix=".onnx") as tmp:
+            convert_to_onnx(backbone.model, tmp, backbone.image_size)
+            gap, bound = _max_gap(backbone, tmp)
+            if gap > bound:
+                raise ExportError(
+                    f"its ONNX conversion disagrees with Keras (max |diff| {gap:.2e} > {bound:.2e})"
+                )
     except ExportError as exc:
         log.warning("backbone %s: %s; extracting features with Keras", backbone.name, exc)
         return None
-    finally:
-        tmp.unlink(missing_ok=True)
+    return path
 
 
 def onnx_feature_function(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """``float32[B, S, S, 3] -> float32[B, D]`` on ONNX Runtime (any batch size)."""
     session = onnx_session(path)
-    name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    name = session.get_inputs()[0].name
 
     def features(batch: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(batch, dtype=np.float32)
-        return session.run(None, {name: pixels})[0]  # type: ignore[attr-defined]
+        return session.run(None, {name: pixels})[0]
 
     return features

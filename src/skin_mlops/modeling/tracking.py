@@ -19,7 +19,6 @@ MLflow is imported inside the functions: importing this module is cheap.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,31 +167,14 @@ def pinned_requirements(*packages: str) -> list[str]:
 
 
 def log_params(params: Mapping[str, Any]) -> None:
-    """Log params in chunks (MLflow accepts at most 100 per call); None values skipped."""
+    """Log the params of the active run, None values skipped.
+
+    One call however many there are: ``MlflowClient.log_batch`` splits them into the
+    store's batches itself (100 params per request in MLflow 3).
+    """
     import mlflow
 
-    items = [(k, v) for k, v in params.items() if v is not None]
-    for start in range(0, len(items), 100):
-        mlflow.log_params(dict(items[start : start + 100]))
-
-
-def log_history(history: Mapping[str, list[float]], *, prefix: str = "") -> None:
-    """Per-epoch metrics (``train_loss``, ``val_accuracy``...) with ``step`` = epoch."""
-    import mlflow
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(f"{prefix}{name}", float(value), now, step)
-        for name, values in history.items()
-        for step, value in enumerate(values, 1)
-    ]
-    run = mlflow.active_run()
-    if run is None or not metrics:
-        return
-    client = mlflow.MlflowClient()
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
+    mlflow.log_params({key: value for key, value in params.items() if value is not None})
 
 
 # --- registry ---------------------------------------------------------------------------

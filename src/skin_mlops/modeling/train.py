@@ -68,6 +68,7 @@ from rich.table import Table
 from skin_mlops import preprocessing
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.core.errors import ConfigError, DataError
+from skin_mlops.core.files import atomic_write_bytes
 from skin_mlops.dataset_config import DatasetConfig, load_dataset_config
 
 if TYPE_CHECKING:
@@ -334,10 +335,8 @@ class ImageFetcher:
             )
         target = self.cache_path(record.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
+        # No fsync: an entry lost to a power cut fails its SHA-256 check and is fetched again.
+        atomic_write_bytes(target, data, fsync=False)
         self.downloaded += 1
         return data
 
@@ -861,8 +860,9 @@ def train_and_track(
                 options.backbone,
                 image_size=options.image_size,
                 weights_cache_dir=settings.weights_cache_dir,
-                # str options (pooling=...); build_backbone checks them per backbone
-                **dict(options.backbone_options),  # type: ignore[arg-type]
+                # str options (pooling=...), never image_size or include_top: mypy cannot
+                # tell; build_backbone checks them per backbone
+                **dict(options.backbone_options),  # type: ignore[arg-type]  # option keys only
             )
 
     keras.utils.set_random_seed(options.seed)
@@ -1202,7 +1202,7 @@ def _write_plots(
 def _check_cache_consistency(fresh: np.ndarray, cached_logits: np.ndarray) -> None:
     """The exported Keras graph's logits on real pixels (``fresh``) must be the logits
     the cached features gave."""
-    from skin_mlops.modeling.evaluate import softmax
+    from skin_mlops.export_format import softmax
 
     gap = float(np.max(np.abs(softmax(fresh) - softmax(cached_logits)), initial=0.0))
     if gap > 1e-3:

@@ -15,14 +15,14 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from skin_mlops.api.schemas import ErrorResponse, ReloadResult
-from skin_mlops.api.services import Services, get_services
+from skin_mlops.api.services import ServicesDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 _bearer = HTTPBearer(auto_error=False, description="the ADMIN_TOKEN setting")
 
 
 def require_admin(
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """403 when admin endpoints are disabled, 401 without the right bearer token."""
@@ -50,7 +50,7 @@ def require_admin(
         },
     },
 )
-async def reload_model(services: Annotated[Services, Depends(get_services)]) -> ReloadResult:
+async def reload_model(services: ServicesDep) -> ReloadResult:
     """Load, validate, warm up and swap in the source's current model."""
     outcome = await services.runtime.reload(force=True)
     if not outcome.reloaded:

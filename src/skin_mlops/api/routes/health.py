@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from skin_mlops.api.schemas import Health, Readiness
-from skin_mlops.api.services import Services, get_services
+from skin_mlops.api.services import ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +18,7 @@ async def health() -> Health:
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
-async def ready(services: Annotated[Services, Depends(get_services)]) -> Readiness | JSONResponse:
+async def ready(services: ServicesDep) -> Readiness | JSONResponse:
     """200 once a model is loaded and warmed up; 503 (with the reason) before that."""
     model = services.runtime.current
     if model is None:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from skin_mlops.api.services import Services, get_services
+from skin_mlops.api.services import ServicesDep
 
 router = APIRouter(tags=["monitoring"])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
+async def metrics(services: ServicesDep) -> Response:
     """Every metric of :mod:`skin_mlops.api.metrics`, for Prometheus to scrape."""
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from skin_mlops.api.schemas import ErrorResponse, ModelInfo
-from skin_mlops.api.services import Services, get_services, require_model
+from skin_mlops.api.services import ServicesDep, require_model
 
 router = APIRouter(tags=["model"])
 
 
 @router.get("/model", response_model=ModelInfo, responses={503: {"model": ErrorResponse}})
-async def model_info(services: Annotated[Services, Depends(get_services)]) -> ModelInfo:
+async def model_info(services: ServicesDep) -> ModelInfo:
     """Labels, version, backbone and training metrics of the served model."""
     model = require_model(services)
     signature = model.signature

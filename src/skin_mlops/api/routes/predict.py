@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 
 from skin_mlops.api.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
-from skin_mlops.api.services import Services, get_services, predict_bytes, read_upload
+from skin_mlops.api.services import ServicesDep, predict_bytes, read_upload
 
 router = APIRouter(tags=["prediction"])
 
@@ -27,7 +27,7 @@ TopK = Annotated[
 @router.post("/predict", response_model=Prediction, responses=_ERRORS)
 async def predict(
     file: Annotated[UploadFile, File(description="one JPEG or PNG photo")],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     top_k: TopK = 3,
 ) -> Prediction:
     """Classify one photo: the top label, its calibrated confidence and the top-k ranking."""
@@ -38,7 +38,7 @@ async def predict(
 @router.post("/predict/batch", response_model=BatchPrediction, responses=_ERRORS)
 async def predict_batch(
     files: Annotated[list[UploadFile], File(description="several JPEG or PNG photos")],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     top_k: TopK = 3,
 ) -> BatchPrediction:
     """Classify several photos in one request; a bad file gets its own error, not the batch's."""
