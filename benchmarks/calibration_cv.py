@@ -26,14 +26,14 @@ Run: ``uv run python benchmarks/calibration_cv.py [--work benchmarks/out/default
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -55,26 +55,30 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work", type=Path, default=OUT / "default-run-work")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="OPTION=VALUE",
-        help="override a TrainingOptions field (e.g. label_smoothing=0) to compare recipes",
-    )
-    args = parser.parse_args()
-    work = args.work.resolve()
+def main(
+    work: Annotated[
+        Path, typer.Option(help="Folder ingested by `train_benchmark.py default`.")
+    ] = OUT / "default-run-work",
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the heads.")] = 42,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="OPTION=VALUE",
+            help="Override a TrainingOptions field (e.g. label_smoothing=0) to compare recipes.",
+        ),
+    ] = None,
+) -> None:
+    """Measure the default recipe's calibration with 5-fold CV over all dermnet5 photos."""
+    overrides = overrides or []
+    work = work.resolve()
     config_path = work / "configs" / "dataset_config.yaml"
     if not config_path.is_file():
         console.print(
             f"[red]{config_path} not found: run `benchmarks/train_benchmark.py default` first "
             "(it ingests dermnet5 into that folder)"
         )
-        return 2
+        raise typer.Exit(2)
     os.chdir(work)  # the folder's default settings (data/, .cache/) as training used them
 
     from skin_mlops.core.config import get_settings
@@ -100,18 +104,19 @@ def main() -> int:
     from skin_mlops.storage import make_object_store
 
     settings = get_settings()
-    options = TrainingOptions(seed=args.seed)
+    options = TrainingOptions(seed=seed)
     fields = {f.name for f in dataclasses.fields(options)}
-    for assignment in args.set:
+    for assignment in overrides:
         key, _, value = assignment.partition("=")
         if key not in fields:
-            parser.error(
-                f"--set {assignment}: no option {key!r} (one of {', '.join(sorted(fields))})"
+            raise typer.BadParameter(
+                f"{assignment}: no option {key!r} (one of {', '.join(sorted(fields))})",
+                param_hint="--set",
             )
         try:
             options = dataclasses.replace(options, **{key: type(getattr(options, key))(value)})
         except ValueError as exc:
-            parser.error(f"--set {assignment}: {exc}")
+            raise typer.BadParameter(f"{assignment}: {exc}", param_hint="--set") from None
     config = load_dataset_config(config_path)
     labels = list(config.labels)
     by_split = load_records(config)
@@ -146,7 +151,7 @@ def main() -> int:
             compute=onnx_feature_function(onnx_file) if onnx_file else None,
         )
         features = table.features
-        fold = stratified_folds(y, FOLDS, args.seed)
+        fold = stratified_folds(y, FOLDS, seed)
         oof = np.zeros((len(y), len(labels)))
         for k in range(FOLDS):
             train, held = fold != k, fold == k
@@ -199,7 +204,7 @@ def main() -> int:
         "official_val_floor": evaluate.ece_noise_floor(cross_probs[is_val], bins),
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(f"_{a.replace('=', '-')}" for a in args.set)
+    suffix = "".join(f"_{a.replace('=', '-')}" for a in overrides)
     (OUT / f"calibration_cv{suffix}.json").write_text(json.dumps(result, indent=2))
     evaluate.plot_reliability_diagram(in_sample, OUT / f"calibration_cv{suffix}_reliability.png")
 
@@ -213,8 +218,7 @@ def main() -> int:
             out.add_row(key, ", ".join(f"{v:.3f}" for v in value))
     console.print(out)
     console.print(f"wrote {OUT}/calibration_cv{suffix}.json and its reliability PNG")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

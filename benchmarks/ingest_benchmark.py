@@ -19,7 +19,6 @@ Prints the figures side by side and writes ``benchmarks/out/ingest_benchmark.png
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -29,8 +28,10 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
@@ -220,13 +221,14 @@ def plot(figures: dict[str, float], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--pools", action="store_true", help="also compare thread/process pools")
-    args = parser.parse_args()
-
-    raw = generated_set(args.images)
+def main(
+    images: Annotated[int, typer.Option(min=1, help="Generated JPEGs to ingest.")] = 10_000,
+    pools: Annotated[
+        bool, typer.Option("--pools", help="Also compare thread/process pools.")
+    ] = False,
+) -> None:
+    """Time ingestion against sha256sum + cp of the same files, and a no-change rerun."""
+    raw = generated_set(images)
     files = all_files(raw)
     size_mb = sum(p.stat().st_size for p in files) / 1e6
     console.print(
@@ -310,7 +312,7 @@ def main() -> None:
         "first, verify=structure": fast_wall,
         "no-change rerun": rerun_wall,
     }
-    if args.pools:
+    if pools:
         rates = compare_pools(files[:2000])
         pools = Table(title="check stage (read + SHA-256 + decode), 2,000 files")
         pools.add_column("pool")
@@ -323,4 +325,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -18,7 +18,6 @@ Exits 1 when any check fails.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import random
@@ -30,7 +29,9 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from ingest_benchmark import OUT, generated_set, write_config
 from rich.console import Console
 from rich.table import Table
@@ -72,21 +73,18 @@ def start_ingest(config: Path, objects: Path, work: Path) -> subprocess.Popen:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument(
-        "--max-delay",
-        type=float,
-        default=8.0,
-        help="latest kill, in seconds after the interpreter start-up",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
+def main(
+    images: Annotated[int, typer.Option(min=1, help="Generated JPEGs to ingest.")] = 2000,
+    kills: Annotated[int, typer.Option(min=0, help="Ingestions to SIGKILL.")] = 10,
+    max_delay: Annotated[
+        float, typer.Option(help="Latest kill, in seconds after the interpreter start-up.")
+    ] = 8.0,
+    seed: Annotated[int, typer.Option(help="Seed of the kill moments.")] = 0,
+) -> None:
+    """SIGKILL `skin-mlops ingest` at random moments, then check DB and store agree."""
+    rng = random.Random(seed)
 
-    raw = generated_set(args.images)
+    raw = generated_set(images)
     work = OUT / "crash-run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -101,9 +99,9 @@ def main() -> int:
     startup = time.perf_counter() - started
     console.print(
         f"CLI start-up: {startup:.2f}s; kills between {startup / 2:.2f}s and "
-        f"{startup + args.max_delay:.2f}s"
+        f"{startup + max_delay:.2f}s"
     )
-    kills = Table(title=f"{args.kills} ingestions killed with SIGKILL ({args.images} JPEGs)")
+    killed = Table(title=f"{kills} ingestions killed with SIGKILL ({images} JPEGs)")
     dangling_after_kill = 0
     columns = (
         "#",
@@ -115,9 +113,9 @@ def main() -> int:
         "temp files",
     )
     for column in columns:
-        kills.add_column(column, justify="right")
-    for attempt in range(1, args.kills + 1):
-        delay = rng.uniform(startup / 2, startup + args.max_delay)
+        killed.add_column(column, justify="right")
+    for attempt in range(1, kills + 1):
+        delay = rng.uniform(startup / 2, startup + max_delay)
         process = start_ingest(config, objects, work)
         time.sleep(delay)
         if process.poll() is None:
@@ -131,7 +129,7 @@ def main() -> int:
         temp = len(list(incoming.iterdir())) if incoming.exists() else 0
         dangling = len({r[3] for r in rows} - keys)
         dangling_after_kill += dangling
-        kills.add_row(
+        killed.add_row(
             str(attempt),
             when,
             str(len(keys)),
@@ -140,7 +138,7 @@ def main() -> int:
             str(dangling),
             str(temp),
         )
-    console.print(kills)
+    console.print(killed)
 
     clean = start_ingest(config, objects, work)
     _, stderr = clean.communicate()
@@ -177,8 +175,8 @@ def main() -> int:
     console.print(f"files {sum(files.values())}, rows {len(rows)}, objects {len(keys)}")
     if clean.returncode != 0:
         console.print(stderr)
-    return 0 if all(checks.values()) else 1
+    raise typer.Exit(0 if all(checks.values()) else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -56,10 +57,11 @@ def uploaded_count(output: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def main() -> int:
+def main() -> None:
+    """Ingest dermnet5 twice as a newcomer would and check rows, objects and the rerun."""
     if not SHARED.is_dir():
         console.print(f"[red]{SHARED} not found: the real-data check needs the shared data set")
-        return 2
+        raise typer.Exit(2)
     with tempfile.TemporaryDirectory(prefix="skin-real-") as temp:
         work = Path(temp)
         for split in ("train", "val"):
@@ -110,8 +112,8 @@ def main() -> int:
         )
         if first.returncode or second.returncode:
             console.print(first.stderr, second.stderr)
-        return 0 if all(checks.values()) else 1
+        raise typer.Exit(0 if all(checks.values()) else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

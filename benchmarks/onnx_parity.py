@@ -16,14 +16,14 @@ top-1 is identical on every photo (exit 0), else exit 1; exit 2 without the data
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -36,27 +36,31 @@ TOLERANCE = 1e-4
 console = Console()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--export-dir", type=Path, default=None)
-    args = parser.parse_args()
+def main(
+    export_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Export folder (default: the benchmark's default run, else runs/skin5-current)."
+        ),
+    ] = None,
+) -> None:
+    """Compare Keras and ONNX Runtime on the dermnet5 val photos for an exported model."""
     if not SHARED.is_dir():
         console.print(f"[red]{SHARED} not found: this benchmark needs the shared dermnet5 set")
-        return 2
+        raise typer.Exit(2)
     candidates = (
-        [args.export_dir]
-        if args.export_dir
+        [export_dir]
+        if export_dir
         else [OUT / "default-run-work" / "runs" / "skin5-current", REPO / "runs" / "skin5-current"]
     )
     export_dir = next((c for c in candidates if c is not None and c.exists()), None)
     if export_dir is None:
         console.print("[red]no exported model: run benchmarks/train_benchmark.py default first")
-        return 2
+        raise typer.Exit(2)
 
     import keras
 
     from skin_mlops import export_format
-    from skin_mlops.modeling.evaluate import softmax
     from skin_mlops.modeling.export import keras_logits, onnx_logits, onnx_session
     from skin_mlops.preprocessing import preprocess_bytes
 
@@ -80,8 +84,8 @@ def main() -> int:
     o_logits = onnx_logits(session, images, batch_size=16)
     onnx_s = time.perf_counter() - started
 
-    k_probs = softmax(k_logits, signature.temperature)
-    o_probs = softmax(o_logits, signature.temperature)
+    k_probs = export_format.softmax(k_logits, signature.temperature)
+    o_probs = export_format.softmax(o_logits, signature.temperature)
     max_dp = float(np.abs(k_probs - o_probs).max())
     max_dlogit = float(np.abs(k_logits - o_logits).max())
     agree = int((k_probs.argmax(1) == o_probs.argmax(1)).sum())
@@ -127,8 +131,8 @@ def main() -> int:
             indent=2,
         )
     )
-    return 0 if passed else 1
+    raise typer.Exit(0 if passed else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

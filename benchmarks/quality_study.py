@@ -23,7 +23,6 @@ It also writes ``results.csv`` and ``results.png`` next to the features.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import os
@@ -31,8 +30,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
+
+from skin_mlops.export_format import softmax
+from skin_mlops.modeling.features import DIHEDRAL_VIEWS, dihedral
+from skin_mlops.modeling.train import class_weights as balanced_class_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,13 +51,7 @@ LABELS = [
     "basal_cell_carcinoma",
     "lichen_planus",
 ]
-DIHEDRAL = 8  # view 0 = identity (the centre crop)
-
-
-def dihedral(image: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 dihedral transforms of an HWC image (k=0 identity)."""
-    out = np.rot90(image, k % 4, axes=(0, 1))
-    return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
+DIHEDRAL = DIHEDRAL_VIEWS  # 8 views; view 0 = identity (the centre crop)
 
 
 def list_split(split: str) -> list[tuple[Path, int]]:
@@ -240,10 +239,7 @@ def mlp_head(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing),
     )
-    weights = None
-    if class_weights:
-        counts = np.bincount(ytr, minlength=len(LABELS))
-        weights = {i: len(ytr) / (len(LABELS) * c) for i, c in enumerate(counts)}
+    weights = balanced_class_weights(ytr, len(LABELS)) if class_weights else None
     model.fit(
         xtr,
         keras.utils.to_categorical(ytr, len(LABELS)),
@@ -255,9 +251,7 @@ def mlp_head(
     )
     probs = []
     for v in xva_views:
-        logits_v = model.predict(v, batch_size=256, verbose=0)
-        e = np.exp(logits_v - logits_v.max(1, keepdims=True))
-        probs.append(e / e.sum(1, keepdims=True))
+        probs.append(softmax(model.predict(v, batch_size=256, verbose=0)))
     return np.stack(probs)
 
 
@@ -371,26 +365,47 @@ def _plot(results: list[Result], target: Path) -> None:
     fig.savefig(target, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    ext = sub.add_parser("extract")
-    ext.add_argument("--size", type=int, default=224)
-    ext.add_argument("--aug-views", type=int, default=16)
-    ev = sub.add_parser("evaluate")
-    ev.add_argument("files", nargs="*", type=Path)
-    ev.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+app = typer.Typer(
+    help="Find which frozen-Lite0 recipe reaches val macro-F1 >= 0.78 / accuracy >= 0.80.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _need_dataset() -> None:
     if not DATASET.is_dir():
         sys.exit(f"dataset not found: {DATASET} (this benchmark needs ../shared/datasets)")
-    if args.command == "extract":
-        extract(args.size, args.aug_views)
-    else:
-        files = args.files or sorted(OUT.glob("features_*.npz"))
-        if not files:
-            sys.exit("no cached features: run `extract` first")
-        evaluate(files, args.quick)
+
+
+@app.command("extract")
+def extract_command(
+    size: Annotated[int, typer.Option(help="Input side S in pixels.")] = 224,
+    aug_views: Annotated[
+        int, typer.Option(min=0, help="Random augmented views per training photo.")
+    ] = 16,
+) -> None:
+    """Compute and cache pooled frozen-backbone features for train and val."""
+    _need_dataset()
+    extract(size, aug_views)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Cached feature files (default: every features_*.npz)."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Four recipes only (a quick check).")
+    ] = False,
+) -> None:
+    """Train heads on the cached features and print the recipes' val scores."""
+    _need_dataset()
+    files = files or sorted(OUT.glob("features_*.npz"))
+    if not files:
+        sys.exit("no cached features: run `extract` first")
+    evaluate(files, quick)
 
 
 if __name__ == "__main__":
-    main()
+    app()

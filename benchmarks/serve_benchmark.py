@@ -24,16 +24,17 @@ Run: ``uv run python benchmarks/serve_benchmark.py [--export runs/skin5-current]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import numpy as np
+import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -180,22 +181,38 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--export", type=Path, default=None, help="default: runs/skin5-current or the stand-in"
-    )
-    parser.add_argument("--seconds", type=float, default=15.0, help="per concurrency level")
-    parser.add_argument("--latency-requests", type=int, default=100)
-    parser.add_argument("--only", nargs="*", default=None, help="subset: service naive mlflow")
-    args = parser.parse_args()
+SERVERS = ("service", "naive", "mlflow")
+
+
+def main(
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Export folder (default: runs/skin5-current, else the stand-in)."),
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="Load time per concurrency level.")] = 15.0,
+    latency_requests: Annotated[
+        int, typer.Option(min=1, help="Sequential requests for the latency figures.")
+    ] = 100,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Servers to run, a subset of: --only service naive mlflow."),
+    ] = None,
+    more_only: Annotated[list[str] | None, typer.Argument(hidden=True, metavar="SERVER")] = None,
+) -> None:
+    """Compare the API with a naive Keras server and MLflow's server under load."""
+    # ``--only service naive``: Click gives the option the first value and the rest as
+    # (hidden) arguments; join them back, in order (as ``skin-mlops ingest --splits`` does).
+    wanted = [w for value in [*(only or []), *(more_only or [])] for w in value.split(",") if w]
+    unknown = sorted(set(wanted) - set(SERVERS))
+    if unknown:
+        raise typer.BadParameter(f"unknown server {', '.join(unknown)}", param_hint="--only")
+    wanted = wanted or list(SERVERS)
 
     photos = val_photos()
-    export, model_description = resolve_model(args.export)
+    export, model_description = resolve_model(export)
     photo_bytes = [p.read_bytes() for p in photos]
     console.print(f"model: {model_description}; {len(photos)} dermnet5 val photos")
     console.print(f"machine: {os.cpu_count()} CPUs; load average at start {os.getloadavg()}")
-    wanted = args.only or ["service", "naive", "mlflow"]
     rows = []
     venv_bin = Path(sys.executable).parent
 
@@ -217,8 +234,8 @@ def main() -> None:
                             server,
                             multipart_sender(photo_bytes),
                             progress,
-                            args.seconds,
-                            args.latency_requests,
+                            seconds,
+                            latency_requests,
                         ),
                     )
                 )
@@ -249,8 +266,8 @@ def main() -> None:
                             server,
                             multipart_sender(photo_bytes),
                             progress,
-                            args.seconds,
-                            args.latency_requests,
+                            seconds,
+                            latency_requests,
                         ),
                     )
                 )
@@ -303,8 +320,8 @@ def main() -> None:
                             server,
                             json_tensor_sender(bodies),
                             progress,
-                            args.seconds,
-                            args.latency_requests,
+                            seconds,
+                            latency_requests,
                         ),
                     )
                 )
@@ -351,7 +368,7 @@ def main() -> None:
     meta = {
         "model": model_description,
         "cpus": os.cpu_count(),
-        "seconds_per_level": args.seconds,
+        "seconds_per_level": seconds,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (OUT / "serve_benchmark.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -360,4 +377,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

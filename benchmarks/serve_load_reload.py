@@ -17,7 +17,6 @@ and a PNG. Run: ``uv run python benchmarks/serve_load_reload.py [--export DIR]``
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -26,9 +25,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import numpy as np
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -63,15 +64,17 @@ def publish_copy(source: Path, link: Path, version: str, *, broken: bool = False
     export_format.publish(staging, link, version)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export", type=Path, default=None)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--clients", type=int, default=32)
-    args = parser.parse_args()
+def main(
+    export: Annotated[
+        Path | None, typer.Option(help="Export folder (default: runs/skin5-current).")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="Length of the load run.")] = 60.0,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 32,
+) -> None:
+    """Load the API while models are swapped in (and one refused); zero failures expected."""
 
     photos = [p.read_bytes() for p in val_photos()]
-    export, description = resolve_model(args.export)
+    export, description = resolve_model(export)
     link = OUT / "reload" / "runs" / "skin5-current"
     if link.parent.exists():
         shutil.rmtree(link.parent)
@@ -102,9 +105,7 @@ def main() -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as admin:
             plan = [(20, "B", False, False), (35, "broken", True, False), (45, "C", False, True)]
             for at, version, broken, use_admin in plan:
-                await asyncio.sleep(
-                    max(0.0, at * args.seconds / 60 - (time.perf_counter() - start))
-                )
+                await asyncio.sleep(max(0.0, at * seconds / 60 - (time.perf_counter() - start)))
                 await asyncio.to_thread(publish_copy, export, link, version, broken=broken)
                 events.append((time.perf_counter() - start, f"published {version}"))
                 if use_admin:
@@ -127,7 +128,7 @@ def main() -> None:
         nonlocal start
         start = time.perf_counter()
         load, _ = await asyncio.gather(
-            run_load(server.url, send, args.clients, duration_s=args.seconds), swaps()
+            run_load(server.url, send, clients, duration_s=seconds), swaps()
         )
         return load
 
@@ -143,13 +144,11 @@ def main() -> None:
     events = [(t + start - load.started_at, what) for t, what in events]
     finish = np.array(load.finish_times)
     latencies = np.array(load.latencies_s)
-    table = Table(
-        title=f"{args.clients} clients for {args.seconds:.0f} s with model swaps - {description}"
-    )
+    table = Table(title=f"{clients} clients for {seconds:.0f} s with model swaps - {description}")
     for column in ("window s", "requests", "req/s", "p50 ms", "p99 ms", "versions answering"):
         table.add_column(column, justify="right" if column != "versions answering" else "left")
     windows = []
-    for lo in np.arange(0, args.seconds, WINDOW_S):
+    for lo in np.arange(0, seconds, WINDOW_S):
         mask = (finish >= lo) & (finish < lo + WINDOW_S)
         versions = Counter(v for t, v in answers if lo <= t < lo + WINDOW_S)
         row = {
@@ -190,8 +189,8 @@ def main() -> None:
     console.print(f"load average at end {os.getloadavg()}")
     result = {
         "model": description,
-        "clients": args.clients,
-        "seconds": args.seconds,
+        "clients": clients,
+        "seconds": seconds,
         "completed": load.completed,
         "failed": load.failures,
         "failure_examples": load.failure_examples,
@@ -231,4 +230,4 @@ def plot(windows: list[dict], events: list[tuple[float, str]], path: Path, title
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -11,12 +11,13 @@ Run: ``uv run python benchmarks/serve_parity.py [--export runs/skin5-current]``
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 from rich.console import Console
 from rich.progress import track
 
@@ -31,7 +32,7 @@ def keras_probabilities(export: Path, photos: list[Path]) -> tuple[np.ndarray, l
     """Calibrated probabilities from ``model.keras`` (TensorFlow), one row per photo."""
     import keras
 
-    from skin_mlops.export_format import KERAS_MODEL_FILE, read_signature
+    from skin_mlops.export_format import KERAS_MODEL_FILE, read_signature, softmax
     from skin_mlops.preprocessing import preprocess_bytes
 
     folder = export.resolve()
@@ -40,9 +41,8 @@ def keras_probabilities(export: Path, photos: list[Path]) -> tuple[np.ndarray, l
     rows = []
     for photo in track(photos, description="keras", console=console):
         x = preprocess_bytes(photo.read_bytes(), signature.image_size)[None]
-        logits = np.asarray(model(x, training=False), dtype=np.float64)[0] / signature.temperature
-        exp = np.exp(logits - logits.max())
-        rows.append(exp / exp.sum())
+        logits = np.asarray(model(x, training=False))[0]
+        rows.append(softmax(logits, signature.temperature))
     return np.stack(rows), signature.labels
 
 
@@ -69,12 +69,14 @@ def api_probabilities(
     return np.array(rows), version
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export", type=Path, default=None, help="default: runs/skin5-current")
-    args = parser.parse_args()
+def main(
+    export: Annotated[
+        Path | None, typer.Option(help="Export folder (default: runs/skin5-current).")
+    ] = None,
+) -> None:
+    """Check that the API's probabilities equal Keras' on the dermnet5 val photos."""
     photos = val_photos()
-    export, description = resolve_model(args.export)
+    export, description = resolve_model(export)
     reference, labels = keras_probabilities(export, photos)
     served, version = api_probabilities(export, photos, labels)
     diff = np.abs(served - reference)
@@ -103,8 +105,8 @@ def main() -> None:
             indent=2,
         )
     )
-    sys.exit(0 if ok else 1)
+    raise typer.Exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -30,7 +30,6 @@ Exits 2 when the shared data set is absent.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,8 +37,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -257,7 +258,7 @@ def compare(epochs: int, views: int) -> dict:
     # by one fit would not be).
     flags = [
         "train",
-        "--dataset-config",
+        "--config",
         str(config),
         "--epochs",
         str(epochs),
@@ -370,7 +371,7 @@ def default_run() -> dict:
     work = OUT / "default-run-work"
     config = prepare_workdir(work)
     cli(work, "ingest", "--config", str(config), "--splits", "train", "val")
-    wall = cli(work, "train", "--dataset-config", str(config))
+    wall = cli(work, "train", "--config", str(config))
     run = latest_run(work)
     m = run["metrics"]
     console.print(f"default training wall time: {wall:.1f} s ({wall / 60:.1f} min)")
@@ -422,32 +423,45 @@ def default_run() -> dict:
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    cmp_parser = sub.add_parser("compare", help="cached vs plain training")
-    cmp_parser.add_argument("--epochs", type=int, default=10)
-    cmp_parser.add_argument(
-        "--views",
-        type=int,
-        default=None,
-        help="cached views per training photo in both ways (default: the training "
-        "default, so the cached side is exactly `skin-mlops train --epochs E`)",
-    )
-    sub.add_parser("default", help="the default training run, cold caches")
-    args = parser.parse_args()
+app = typer.Typer(
+    help="Measure training speed and quality on dermnet5: cached features vs plain Keras fit.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _need_dataset() -> None:
     if not SHARED.is_dir():
         console.print(f"[red]{SHARED} not found: this benchmark needs the shared dermnet5 set")
-        return 2
+        raise typer.Exit(2)
     OUT.mkdir(parents=True, exist_ok=True)
-    if args.command == "compare":
-        from skin_mlops.modeling.train import DEFAULT_VIEWS
 
-        compare(args.epochs, args.views or DEFAULT_VIEWS)
-    else:
-        default_run()
-    return 0
+
+@app.command("compare")
+def compare_command(
+    epochs: Annotated[int, typer.Option(min=1, help="Head training epochs, both ways.")] = 10,
+    views: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Cached views per training photo in both ways (default: the training "
+            "default, so the cached side is exactly `skin-mlops train --epochs E`).",
+        ),
+    ] = None,
+) -> None:
+    """Compare cached-feature training with plain Keras fit (wall time, val macro-F1)."""
+    _need_dataset()
+    from skin_mlops.modeling.train import DEFAULT_VIEWS
+
+    compare(epochs, views or DEFAULT_VIEWS)
+
+
+@app.command("default")
+def default_command() -> None:
+    """Run the default training recipe with cold caches and print its val metrics."""
+    _need_dataset()
+    default_run()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app()

@@ -64,9 +64,11 @@ def predict_in_browser(webapp_url: str, photo: Path) -> tuple[str, float]:
 
 
 def main(
-    photo: Annotated[Path, typer.Option(help="photo (or folder) to predict")] = DEFAULT_PHOTO,
-    timeout_s: Annotated[float, typer.Option(help="give up after this many seconds")] = 1800,
-    with_airflow: Annotated[bool, typer.Option("--with-airflow")] = False,
+    photo: Annotated[Path, typer.Option(help="Photo (or folder) to predict.")] = DEFAULT_PHOTO,
+    timeout_s: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1800,
+    with_airflow: Annotated[
+        bool, typer.Option("--with-airflow", help="Also start Airflow.")
+    ] = False,
 ) -> None:
     """Start `skin-mlops up`, time it to healthy, predict through API and page, stop."""
     settings = get_settings()

@@ -66,9 +66,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(
-    photos: Annotated[int, typer.Option(min=1, help="val photos to time (one each)")] = 20,
-    model_source: Annotated[Path, typer.Option(help="export the API serves")] = REAL_EXPORT,
-    warmup: Annotated[int, typer.Option(min=0, help="untimed rounds first")] = 2,
+    photos: Annotated[int, typer.Option(min=1, help="Val photos to time (one each).")] = 20,
+    model_source: Annotated[Path, typer.Option(help="Export the API serves.")] = REAL_EXPORT,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds first.")] = 2,
 ) -> None:
     """Time upload -> label in the browser beside the API call alone."""
     from playwright.sync_api import sync_playwright
