@@ -33,6 +33,17 @@ from utils.model_factory import TinyModels, build_tiny_models, publish_tiny_expo
 from utils.servers import FaultServer, make_settings, start_live_server, stop_live_server
 
 
+# --- options of the model and data suites (tests/model, tests/data) -----------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--model-source``, ``--data-dir`` and the thresholds of ``-m model`` / ``-m data``."""
+    from utils.suite_options import add_suite_options
+
+    add_suite_options(parser)
+
+
+# --- end of the model and data suites' options --------------------------------------------
+
+
 @pytest.fixture
 def image_writer() -> Callable[..., Path]:
     """:func:`ingest_fixtures.write_image` as a fixture."""

@@ -6,4 +6,8 @@
 * :mod:`utils.tools` - external binaries a test needs (fail under ``CI=true``, else skip).
 * :mod:`utils.prometheus` - metric parsing, a real Prometheus on a free port, PromQL names.
 * :mod:`utils.grafana` - the provisioned dashboards, their panels and queries.
+* :mod:`utils.suite_options` - the options of the model and data suites (``-m model/data``).
+* :mod:`utils.model_checks` - scoring a real model on val photos for ``tests/model``.
+* :mod:`utils.perceptual` - exact and perceptual (pHash) duplicates across splits.
+* :mod:`utils.make_ci_model` - the small real model ``.ci/run`` trains for those suites.
 """

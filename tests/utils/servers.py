@@ -52,8 +52,14 @@ class LiveServer:
     thread: threading.Thread
 
 
-def start_live_server(settings: Settings) -> LiveServer:
-    """Run ``create_app(settings)`` under uvicorn on a free loopback port; wait for /ready."""
+def start_live_server(
+    settings: Settings, wait_path: str = "/ready", timeout_s: float = 30
+) -> LiveServer:
+    """Run ``create_app(settings)`` under uvicorn on a free loopback port.
+
+    Returns once ``wait_path`` answers 200 (``/ready``: the model serves; ``/health``: the
+    process answers, with or without a model).
+    """
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
@@ -62,16 +68,16 @@ def start_live_server(settings: Settings) -> LiveServer:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{wait_path}", timeout=1).status_code == 200:
                 return LiveServer(url, server, thread)
         except httpx.TransportError:
             pass
         time.sleep(0.05)
     server.should_exit = True
-    raise RuntimeError("live server did not become ready within 30 s")
+    raise RuntimeError(f"live server did not answer {wait_path} within {timeout_s:g} s")
 
 
 def stop_live_server(live: LiveServer) -> None:
