@@ -7,9 +7,10 @@ script measures the same recipe on all 816 photos instead:
 
 1. the photos of train + val (ingested in ``--work``, e.g. the folder that
    ``train_benchmark.py default`` leaves: ``benchmarks/out/default-run-work``);
-2. stratified 5-fold split (seeded); for each fold, the default head (same options,
-   same 12 cached views per training photo, same class weights) is trained on the other
-   four folds and predicts the held-out fold's centre views -> 816 out-of-fold logits;
+2. stratified 5-fold split (scikit-learn's ``StratifiedKFold``, shuffled with ``--seed``);
+   for each fold, the default head (same options, same 12 cached views per training photo,
+   same class weights) is trained on the other four folds and predicts the held-out fold's
+   centre views -> 816 out-of-fold logits;
 3. temperature scaling two ways: **cross-fitted** (each fold's temperature fitted on the
    other folds' out-of-fold logits: nothing is fitted on the photos it is scored on) and
    **in-sample** (one temperature fitted on all 816, as training does on val);
@@ -46,12 +47,14 @@ console = Console()
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold index per sample: each label's samples shuffled and dealt round-robin."""
-    rng = np.random.default_rng(seed)
+    """Fold index per sample: scikit-learn's ``StratifiedKFold`` (shuffled with ``seed``),
+    each sample in the held-out part of exactly one fold."""
+    from sklearn.model_selection import StratifiedKFold
+
     fold = np.empty(len(labels), dtype=np.int64)
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        fold[members] = np.arange(len(members)) % folds
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(np.zeros((len(labels), 1)), labels)):
+        fold[held] = k
     return fold
 
 

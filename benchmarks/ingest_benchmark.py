@@ -153,7 +153,7 @@ def write_config(work: Path, raw: Path) -> Path:
 def run_in_process(config: Path, objects: Path, verify: str = "decode"):
     """One ingestion; returns (summary, wall seconds, CPU seconds)."""
     from skin_mlops.core.config import load_settings
-    from skin_mlops.dataset import run_ingestion
+    from skin_mlops.ingestion.run import run_ingestion
 
     settings = load_settings(storage_backend="local", local_object_root=objects)
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -176,7 +176,7 @@ def run_cli(config: Path, objects: Path, work: Path) -> float:
 
 
 def _check(path: str) -> str:
-    from skin_mlops.dataset import check_file
+    from skin_mlops.ingestion.verify import check_file
 
     return check_file(path, 40_000_000).sha256
 

@@ -453,7 +453,7 @@ SERVICE_CODE: dict[str, tuple[str, ...]] = {
     "webapp": ("webapp", "core"),
     "trainer": (
         "cli.py",
-        "dataset.py",
+        "ingestion",
         "dataset_config.py",
         "metadata.py",
         "storage.py",
@@ -462,7 +462,7 @@ SERVICE_CODE: dict[str, tuple[str, ...]] = {
     ),
     "airflow-worker": (
         "orchestration",
-        "dataset.py",
+        "ingestion",
         "dataset_config.py",
         "metadata.py",
         "storage.py",

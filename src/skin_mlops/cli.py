@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 # --- stage commands (registered here, defined in their stage modules) -------------
-from skin_mlops.dataset import ingest_command  # noqa: E402
+from skin_mlops.ingestion.cli import ingest_command  # noqa: E402
 
 app.command("ingest")(ingest_command)
 from skin_mlops.modeling.train import train_command  # noqa: E402

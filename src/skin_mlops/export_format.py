@@ -8,8 +8,9 @@ Layout (stable; see ``docs/architecture.md``)::
     model/model.onnx           the same graph via tf2onnx (served by ONNX Runtime)
 
 ``runs/skin5-current`` is a *symlink* to ``runs/skin5/<model_version>/``. A new export is
-written to a fresh version folder, checked, then the link is swapped with one atomic
-``os.replace``: a reader never sees a half-written model. Readers call
+written to a fresh version folder, checked, flushed to disk, then the link is swapped with
+one atomic ``os.replace``: a reader never sees a half-written model, and the folder the
+link points to is never deleted (see :func:`publish`). Readers call
 :func:`resolve_export_dir` once and read every file from the resolved folder.
 
 The output contract is here too: models output logits, and :func:`softmax` turns them
@@ -31,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from skin_mlops.core.errors import DataError
+from skin_mlops.core.files import fsync_directory, fsync_path, temporary_sibling
 
 FORMAT_VERSION = 1
 CLASS_INDEX_FILE = Path("data/class_index.json")
@@ -126,28 +128,82 @@ def new_version_dir(current_link: Path, model_version: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{model_version}.tmp-", dir=versions_root))
 
 
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same relative files with the same bytes."""
+    import filecmp
+
+    def files(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+    names = files(a)
+    return names == files(b) and all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and every folder in it (deepest first) to disk."""
+    folders = [folder]
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            folders.append(path)
+        elif path.is_file():
+            fsync_path(path)
+    for each in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_directory(each)
+
+
+def _free_version_dir(versions_root: Path, model_version: str) -> Path:
+    """``<version>.2``, ``<version>.3``...: the first name not taken."""
+    n = 2
+    while (versions_root / f"{model_version}.{n}").exists():
+        n += 1
+    return versions_root / f"{model_version}.{n}"
+
+
 def publish(staging_dir: Path, current_link: Path, model_version: str) -> Path:
     """Validate a fully written staging folder, then atomically point ``current_link`` at it.
 
-    Steps: check the metadata; rename the staging folder to ``runs/skin5/<version>``; create
-    a temporary symlink and ``os.replace`` it over ``current_link`` (atomic on POSIX). A
-    plain directory left at ``current_link`` by an older layout is moved aside first.
+    Steps: check the metadata; flush every file and folder of the staging folder to disk;
+    rename it to ``runs/skin5/<version>``; create a temporary symlink and ``os.replace`` it
+    over ``current_link`` (atomic on POSIX); flush the folders holding the renames. A plain
+    directory left at ``current_link`` by an older layout is moved aside first.
+
+    A version folder that already exists is never deleted while the link points at it (a
+    reader may hold its resolved path): the same files again are a no-op (the staging
+    folder is dropped, the live folder stays); different files under the same version go
+    to ``<version>.2`` (``.3``...), and the link swaps to that. A same-named folder the
+    link does not point at is replaced.
 
     Returns:
-        Path: the final version folder.
+        Path: the version folder the link now points to.
     """
     read_signature(staging_dir)
-    final_dir = staging_dir.parent / model_version
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
+    versions_root = staging_dir.parent
+    final_dir = versions_root / model_version
+    live = current_link.resolve() if current_link.is_symlink() else None
+    _fsync_tree(staging_dir)
+    if final_dir.exists() and final_dir.resolve() == live:
+        if _same_files(staging_dir, final_dir):
+            shutil.rmtree(staging_dir)
+            return final_dir
+        final_dir = _free_version_dir(versions_root, model_version)
+    elif final_dir.exists():
+        aside = temporary_sibling(final_dir, ".old")
+        os.replace(final_dir, aside)
+        shutil.rmtree(aside, ignore_errors=True)
     os.replace(staging_dir, final_dir)
+    fsync_directory(versions_root)
     current_link.parent.mkdir(parents=True, exist_ok=True)
     if current_link.exists() and not current_link.is_symlink():
         os.replace(current_link, current_link.with_name(current_link.name + ".old-dir"))
-    tmp_link = current_link.with_name(f".{current_link.name}.tmp-{os.getpid()}")
-    if tmp_link.is_symlink() or tmp_link.exists():
-        tmp_link.unlink()
+    tmp_link = temporary_sibling(current_link)
     target = os.path.relpath(final_dir, current_link.parent)
     tmp_link.symlink_to(target, target_is_directory=True)
-    os.replace(tmp_link, current_link)
+    try:
+        os.replace(tmp_link, current_link)
+    except BaseException:
+        tmp_link.unlink(missing_ok=True)
+        raise
+    fsync_directory(current_link.parent)
     return final_dir

@@ -52,6 +52,19 @@ def test_embedded_defaults_need_no_file_and_no_environment() -> None:
     assert (settings.api_port, settings.webapp_port, settings.mlflow_port) == (8000, 8501, 5000)
 
 
+def test_the_api_serves_where_training_publishes_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MODEL_DIR (publish target) and MODEL_SOURCE (what serve loads): one folder by default."""
+    assert load_settings(_env_file=None).model_source == "runs/skin5-current"
+    monkeypatch.setenv("MODEL_DIR", "/srv/models/current")
+    assert load_settings(_env_file=None).model_source == "/srv/models/current"
+    monkeypatch.setenv("MODEL_SOURCE", "models:/skin-classifier@champion")
+    settings = load_settings(_env_file=None)
+    assert settings.model_source == "models:/skin-classifier@champion"
+    assert settings.model_dir == Path("/srv/models/current")
+
+
 def test_env_file_is_read_and_real_environment_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,11 @@
 * :func:`mlflow_db_template` - one migrated MLflow SQLite store per session, copied for each
   test that needs a fresh store (MLflow's schema migrations take ~10 s per new file);
 * :func:`training_settings` - settings that keep every path of a run under one folder.
+* :class:`ChampionKit` (fixture ``champion_kit``) - tiny ONNX models honouring the model
+  contract (mean colour -> a 3x3 matrix: ``PERFECT`` reads the colour datasets' labels,
+  ``WRONG`` never does), logged and registered in a real MLflow store as training does
+  (``signature.json``/``class_index.json`` as the ONNX flavour's extra files), and a val
+  set of colour photos, for the promotion gate's tests.
 """
 
 from __future__ import annotations
@@ -132,6 +137,7 @@ def training_settings(root: Path, mlflow_template: Path | None = None, **overrid
         "feature_cache_dir": root / "cache" / "features",
         "dataset_cache_dir": root / "cache" / "dataset",
         "weights_cache_dir": root / "cache" / "weights",
+        "model_cache_dir": root / "cache" / "models",
         "model_dir": root / "runs" / "skin5-current",
     }
     values.update(overrides)
@@ -161,3 +167,172 @@ def settings_factory(mlflow_db_template: Path):
         return training_settings(root, mlflow_db_template, **overrides)
 
     return make
+
+
+# --- registered models for the promotion gate ---------------------------------------------
+
+PERFECT = np.eye(3, dtype=np.float32)  # logit k = mean of channel k: the label's colour
+WRONG = np.roll(np.eye(3, dtype=np.float32), 1, axis=1)  # always the next label
+
+
+def colour_onnx(weights: np.ndarray, image_size: int) -> bytes:
+    """``image`` float32[N,S,S,3] -> mean colour [N,3] -> ``@ weights`` -> ``logits``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["colour"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["colour", "weights"], ["logits"]),
+        ],
+        "colour_model",
+        [
+            helper.make_tensor_value_info(
+                "image", TensorProto.FLOAT, ["N", image_size, image_size, 3]
+            )
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", weights.shape[1]])],
+        initializer=[numpy_helper.from_array(weights.astype(np.float32), "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_colour_export(
+    folder: Path,
+    weights: np.ndarray,
+    version: str,
+    *,
+    image_size: int = 16,
+    labels: tuple[str, ...] = COLOUR_LABELS,
+    run_id: str | None = None,
+    **signature: object,
+) -> Path:
+    """An export folder (``model/model.onnx`` + metadata) of a colour model."""
+    from skin_mlops import export_format, preprocessing
+
+    (folder / export_format.ONNX_MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (folder / export_format.ONNX_MODEL_FILE).write_bytes(colour_onnx(weights, image_size))
+    fields: dict[str, object] = {
+        "model_version": version,
+        "run_id": run_id,
+        "backbone": "colour_mean",
+        "image_size": image_size,
+        "preprocessing_id": preprocessing.PREPROCESSING_ID,
+        "labels": list(labels),
+        "input": {"name": "image", "shape": [None, image_size, image_size, 3]},
+        "output": {"name": "logits", "shape": [None, len(labels)]},
+    }
+    fields.update(signature)
+    export_format.write_metadata(folder, export_format.ModelSignature.model_validate(fields))
+    return folder
+
+
+@dataclass(frozen=True)
+class ValPhotos:
+    """Colour photos as a :class:`~skin_mlops.modeling.promotion.ValSet` with their bytes."""
+
+    val_set: object  # ValSet (imported lazily)
+    data: dict[str, bytes]
+    files: dict[str, Path]
+
+    def load(self, photo) -> bytes:  # noqa: ANN001
+        return self.data[photo.sha256]
+
+
+class ChampionKit:
+    """Register colour models in a real MLflow store and score them on colour photos."""
+
+    perfect = PERFECT
+    wrong = WRONG
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        self.root = root
+        self.settings = settings
+
+    def export(self, folder: Path, weights: np.ndarray, version: str, **export: object) -> Path:
+        """:func:`write_colour_export`."""
+        return write_colour_export(folder, weights, version, **export)
+
+    def val_photos(self, per_label: int = 3, seed: int = 500) -> ValPhotos:
+        """``per_label`` JPEGs per colour label, written under ``root/val-photos``."""
+        import io
+
+        from skin_mlops.modeling.promotion import ValPhoto, ValSet
+
+        photos, data, files = [], {}, {}
+        for index, label in enumerate(COLOUR_LABELS):
+            for i in range(per_label):
+                buffer = io.BytesIO()
+                colour_image(index, seed + 10 * index + i).save(buffer, "JPEG", quality=92)
+                blob = buffer.getvalue()
+                sha = hashlib.sha256(blob).hexdigest()
+                path = self.root / "val-photos" / label / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(blob)
+                data[sha], files[sha] = blob, path
+                photos.append(ValPhoto(sha, label, f"skin/val/{label}/{i}.jpg", str(path)))
+        val_set = ValSet("colours", "skin-processed", COLOUR_LABELS, tuple(photos))
+        return ValPhotos(val_set, data, files)
+
+    def register(
+        self,
+        experiment_id: str,
+        weights: np.ndarray,
+        score: float,
+        *,
+        model_name: str = "skin-classifier",
+        val_set=None,  # noqa: ANN001 - logged as the run's val set when given
+        store=None,  # noqa: ANN001 - the export is uploaded to the models bucket when given
+        **export: object,
+    ) -> tuple[str, str]:
+        """Log a run with a colour model as training does, register it; ``(run_id, version)``."""
+        import mlflow
+        import mlflow.onnx
+        import onnx
+
+        from skin_mlops import export_format
+        from skin_mlops.modeling import tracking
+        from skin_mlops.modeling.export import upload_export
+        from skin_mlops.modeling.promotion import VAL_SET_ARTIFACT
+
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            run_id = run.info.run_id
+            folder = write_colour_export(
+                self.root / "exports" / run_id,
+                weights,
+                f"exp-{run_id[:8]}",
+                run_id=run_id,
+                **export,
+            )
+            mlflow.log_metric("val_macro_f1", score)
+            if val_set is not None:
+                mlflow.log_dict(val_set.as_dict(), VAL_SET_ARTIFACT)
+            info = mlflow.onnx.log_model(
+                onnx.load(str(folder / export_format.ONNX_MODEL_FILE)),
+                name="onnx-model",
+                pip_requirements=["onnx"],
+                save_as_external_data=False,
+                extra_files=[
+                    str(folder / export_format.SIGNATURE_FILE),
+                    str(folder / export_format.CLASS_INDEX_FILE),
+                ],
+            )
+            if store is not None:
+                upload_export(store, self.settings.s3_models_bucket, run_id, folder)
+            version = tracking.register_version(
+                info.model_uri,
+                model_name,
+                score,
+                run_id=run_id,
+                tags={"export_version": f"exp-{run_id[:8]}"},
+            )
+        return run_id, version
+
+
+@pytest.fixture
+def champion_kit(tmp_path: Path, settings_factory) -> ChampionKit:
+    """A :class:`ChampionKit` on a fresh MLflow SQLite store under ``tmp_path``."""
+    return ChampionKit(tmp_path, settings_factory(tmp_path))

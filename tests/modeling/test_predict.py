@@ -320,7 +320,14 @@ def test_a_registry_alias_is_scored_like_the_api_loads_it(
     with mlflow.start_run(experiment_id=experiment):
         mlflow.log_artifacts(str(export), artifact_path="export")
         logged = mlflow.onnx.log_model(
-            onnx.load_from_string(tiny_models.v2.onnx_bytes), name="onnx-model", pip_requirements=[]
+            onnx.load_from_string(tiny_models.v2.onnx_bytes),
+            name="onnx-model",
+            pip_requirements=[],
+            # as training registers it: the export's metadata as the flavour's extra files
+            extra_files=[
+                str(export / "inference" / "signature.json"),
+                str(export / "data" / "class_index.json"),
+            ],
         )
     version = mlflow.register_model(logged.model_uri, "skin-classifier").version
     client.set_registered_model_alias("skin-classifier", "champion", version)

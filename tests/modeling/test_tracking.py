@@ -31,31 +31,6 @@ def _store(tmp_path: Path, template: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def _tiny_onnx():
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["image"], ["logits"])],
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _log_candidate(experiment_id: str, score: float, model_name: str):
-    """A run with a logged model, registered through register_and_promote."""
-    import mlflow
-    import mlflow.onnx
-
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_metric("val_macro_f1", score)
-        info = mlflow.onnx.log_model(_tiny_onnx(), name="onnx-model", pip_requirements=["onnx"])
-        return run.info.run_id, tracking.register_and_promote(
-            info.model_uri, model_name, score, run_id=run.info.run_id
-        )
-
-
 def test_connect_creates_the_experiment_under_the_artifact_root(tmp_path, mlflow_db_template):
     import mlflow
 
@@ -84,58 +59,214 @@ def test_unreachable_server_is_one_clear_line():
     assert time.monotonic() - started < 10
 
 
-def test_champion_moves_only_to_a_strictly_better_model(tmp_path, mlflow_db_template):
-    import mlflow
+# --- the promotion gate ------------------------------------------------------------------
 
-    settings = load_settings(
+
+def _gate_settings(tmp_path, mlflow_db_template):
+    return load_settings(
         mlflow_tracking_uri=_store(tmp_path, mlflow_db_template),
         mlflow_artifact_root=tmp_path / "artifacts",
+        model_cache_dir=tmp_path / "model-cache",
     )
-    experiment_id = tracking.connect(settings)
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    name = "skin-classifier"
-
-    decisions = [_log_candidate(experiment_id, score, name)[1] for score in (0.5, 0.4, 0.5, 0.6)]
-    assert [d.version for d in decisions] == ["1", "2", "3", "4"]
-    assert [d.promoted for d in decisions] == [True, False, False, True]
-    assert [d.previous_version for d in decisions] == [None, "1", "1", "1"]
-    assert [d.previous_score for d in decisions] == [None, 0.5, 0.5, 0.5]
-    assert "does not take @champion" in decisions[1].summary
-    assert "0.4000 vs v1 0.5000" in decisions[1].summary
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "4"
-    assert tracking.champion_score(client, name) == ("4", 0.6)
 
 
-def test_an_equal_score_never_takes_champion_whatever_its_decimals(tmp_path, mlflow_db_template):
+def _fixed_scores(scores: dict[str, float]):
+    """A scorer for tests of the rule: each version's score on "these photos"."""
+
+    def rescore(model_name: str, version: str) -> float:
+        return scores[version]
+
+    return rescore
+
+
+def test_the_champion_is_compared_by_its_score_on_the_same_photos_with_a_margin(
+    champion_kit,
+) -> None:
+    """Never by its stored number: v1 was registered with 0.95 on its own val set, but
+    scores 0.60 on this run's photos; the candidate needs 0.60 + min_delta."""
     import mlflow
 
-    settings = load_settings(
-        mlflow_tracking_uri=_store(tmp_path, mlflow_db_template),
-        mlflow_artifact_root=tmp_path / "artifacts",
-    )
+    settings = champion_kit.settings
     experiment_id = tracking.connect(settings)
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    score = 0.74083612345678  # more decimals than a rounded tag would keep
-    first = _log_candidate(experiment_id, score, "m")[1]
-    second = _log_candidate(experiment_id, score, "m")[1]
-    assert first.promoted and not second.promoted
-    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
-    assert tracking.champion_score(client, "m") == ("1", score)
+    on_these_photos = {"1": 0.60, "2": 0.65, "3": 0.655, "4": 0.66, "5": 0.66}
+
+    def gate(score: float, min_delta: float = 0.01):
+        _, version = champion_kit.register(experiment_id, champion_kit.perfect, score)
+        return tracking.promote_if_better(
+            "skin-classifier",
+            version,
+            score,
+            rescore=_fixed_scores(on_these_photos),
+            min_delta=min_delta,
+            tracking_uri=settings.mlflow_tracking_uri,
+        )
+
+    first = gate(0.95)
+    assert first.promoted and first.previous_version is None and "first" in first.summary
+    better = gate(0.65)  # below v1's stored 0.95, above its 0.60 here by 0.05
+    assert better.promoted and better.previous_version == "1"
+    assert better.previous_score == 0.60 and better.margin == pytest.approx(0.05)
+    assert "on the same val photos" in better.summary
+    too_little = gate(0.655)  # +0.005 over v2 (0.65 here)
+    assert not too_little.promoted and too_little.previous_version == "2"
+    assert "does not take @champion" in too_little.summary and "< 0.0100" in too_little.reason
+    just_enough = gate(0.66)  # exactly +0.01 over v2, whatever the float rounding
+    assert just_enough.promoted and just_enough.margin == pytest.approx(0.01)
+    equal = gate(0.66, min_delta=0.0)  # equal never takes it, even with no margin asked
+    assert not equal.promoted and equal.previous_score == 0.66
+    assert str(client.get_model_version_by_alias("skin-classifier", "champion").version) == "4"
+
+    # a retried gate for the champion decides the same and moves nothing
+    again = tracking.promote_if_better(
+        "skin-classifier", "4", 0.66, rescore=_fixed_scores({}), min_delta=0.01
+    )
+    assert again.promoted and "already holds" in again.summary
 
 
-def test_champion_score_falls_back_to_the_run_metric(tmp_path, mlflow_db_template):
+def test_the_scorer_runs_the_registered_onnx_at_its_own_size_and_labels(champion_kit) -> None:
+    from skin_mlops.modeling.promotion import SamePhotoScorer
+
+    settings = champion_kit.settings
+    experiment_id = tracking.connect(settings)
+    photos = champion_kit.val_photos(per_label=2)
+    reordered = ("blue_lesion", "red_lesion", "green_lesion")  # its own label order
+    permutation = [2, 0, 1]  # output j of the model = label reordered[j] = colour index
+    versions = {
+        name: champion_kit.register(experiment_id, weights, 0.5, **export)[1]
+        for name, weights, export in (
+            ("perfect", champion_kit.perfect, {"image_size": 16}),
+            ("wrong", champion_kit.wrong, {"image_size": 16}),
+            ("bigger", champion_kit.perfect, {"image_size": 40}),
+            ("reordered", champion_kit.perfect[:, permutation], {"labels": reordered}),
+        )
+    }
+    scorer = SamePhotoScorer(photos.val_set, photos.load, settings)
+    assert scorer("skin-classifier", versions["perfect"]) == 1.0
+    assert scorer("skin-classifier", versions["wrong"]) == 0.0
+    assert scorer("skin-classifier", versions["bigger"]) == 1.0  # preprocessed at 40 px
+    assert scorer("skin-classifier", versions["reordered"]) == 1.0  # labels matched by name
+
+
+def test_a_champion_this_code_cannot_run_is_replaced_with_the_reason(champion_kit) -> None:
+    from skin_mlops.modeling.promotion import SamePhotoScorer
+
+    settings = champion_kit.settings
+    experiment_id = tracking.connect(settings)
+    photos = champion_kit.val_photos(per_label=1)
+    _, old = champion_kit.register(
+        experiment_id, champion_kit.perfect, 0.99, preprocessing_id="another-preprocessing-v0"
+    )
+    scorer = SamePhotoScorer(photos.val_set, photos.load, settings)
+    first = tracking.promote_if_better("skin-classifier", old, 0.99, rescore=scorer)
+    assert first.promoted
+    _, new = champion_kit.register(experiment_id, champion_kit.wrong, 0.1)
+    decision = tracking.promote_if_better("skin-classifier", new, 0.1, rescore=scorer)
+    assert decision.promoted and decision.previous_version == old
+    assert decision.previous_score is None
+    assert "cannot be re-scored" in decision.reason and "another-preprocessing" in decision.reason
+
+
+def test_no_model_or_no_alias_is_no_champion(tmp_path, mlflow_db_template) -> None:
     import mlflow
 
-    settings = load_settings(
-        mlflow_tracking_uri=_store(tmp_path, mlflow_db_template),
-        mlflow_artifact_root=tmp_path / "artifacts",
-    )
-    experiment_id = tracking.connect(settings)
+    settings = _gate_settings(tmp_path, mlflow_db_template)
+    tracking.connect(settings)
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    _log_candidate(experiment_id, 0.7, "m")
-    client.delete_model_version_tag("m", "1", tracking.SELECTION_METRIC)
-    assert tracking.champion_score(client, "m") == ("1", 0.7)
-    assert tracking.champion_score(client, "no-such-model") is None
+    assert tracking.current_champion(client, "no-such-model") is None
+    client.create_registered_model("no-alias-yet")
+    assert tracking.current_champion(client, "no-alias-yet") is None
+
+
+def test_a_registry_error_while_reading_the_champion_is_one_line_not_no_champion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading an error as "no champion" would crown the candidate blindly."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens: MLflow's own error
+    with pytest.raises(ServiceUnavailableError, match="failed while reading") as caught:
+        tracking.current_champion(mlflow.MlflowClient(uri), "skin-classifier")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ServiceUnavailableError, match="failed while reading"):
+        tracking.promote_if_better(
+            "skin-classifier", "7", 0.9, rescore=_fixed_scores({}), tracking_uri=uri
+        )
+
+
+def test_two_gates_at_once_make_one_champion_and_the_second_sees_the_first(
+    champion_kit,
+) -> None:
+    """Two trainings finishing together. Without the store's lock both read v1, both beat
+    it, both move the alias and publish, and each believes it is champion."""
+    import threading
+
+    import mlflow
+
+    from skin_mlops import export_format
+    from skin_mlops.modeling.promotion import SamePhotoScorer
+
+    settings = champion_kit.settings
+    uri = settings.mlflow_tracking_uri
+    experiment_id = tracking.connect(settings)
+    photos = champion_kit.val_photos(per_label=2)
+    _, v1 = champion_kit.register(experiment_id, champion_kit.wrong, 0.9)
+    tracking.promote_if_better("skin-classifier", v1, 0.9, rescore=_fixed_scores({}))
+    candidates = [
+        champion_kit.register(experiment_id, champion_kit.perfect, 1.0)[1] for _ in range(2)
+    ]
+    link = champion_kit.root / "runs" / "skin5-current"
+    barrier = threading.Barrier(len(candidates))
+    results: dict[str, object] = {}
+
+    def gate(version: str) -> None:
+        scorer = SamePhotoScorer(photos.val_set, photos.load, settings)
+
+        def rescore(model_name: str, champion_version: str) -> float:
+            score = scorer(model_name, champion_version)
+            time.sleep(0.5)  # a slow re-score: the window between reading and moving
+            return score
+
+        def publish() -> Path:
+            staging = export_format.new_version_dir(link, f"exp-{version}")
+            champion_kit.export(staging, champion_kit.perfect, f"exp-{version}")
+            return export_format.publish(staging, link, f"exp-{version}")
+
+        barrier.wait(timeout=60)
+        try:
+            results[version] = tracking.promote_if_better(
+                "skin-classifier",
+                version,
+                1.0,
+                rescore=rescore,
+                min_delta=0.01,
+                tracking_uri=uri,
+                publish=publish,
+            )
+        except Exception as exc:  # noqa: BLE001 - shown by the assertion below
+            results[version] = exc
+
+    threads = [threading.Thread(target=gate, args=(v,)) for v in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    decisions = [results[v] for v in candidates]
+    assert all(isinstance(d, tracking.ChampionDecision) for d in decisions), decisions
+    (winner,) = [d for d in decisions if d.promoted]
+    (second,) = [d for d in decisions if not d.promoted]
+    assert winner.previous_version == v1 and winner.previous_score == 0.0
+    assert second.previous_version == winner.version, "the second gate compared with the first"
+    assert second.previous_score == 1.0 and second.margin == 0.0
+    client = mlflow.MlflowClient(uri)
+    champion = client.get_model_version_by_alias("skin-classifier", "champion")
+    assert str(champion.version) == winner.version
+    published = export_format.read_signature(export_format.resolve_export_dir(link))
+    assert published.model_version == f"exp-{winner.version}"
+    assert winner.published_dir is not None and second.published_dir is None
+    assert tracking.champion_lock_path(uri).is_file()
 
 
 def test_log_params_logs_more_than_one_store_batch_and_skips_none(tmp_path, mlflow_db_template):
@@ -231,7 +362,7 @@ def test_training_against_a_real_mlflow_server(
 ):
     import mlflow
 
-    from skin_mlops.dataset import run_ingestion
+    from skin_mlops.ingestion.run import run_ingestion
     from skin_mlops.modeling.train import TrainingOptions, run_training
 
     dataset = colour_dataset_factory(tmp_path / "data", per_label={"train": 4, "val": 2})
@@ -259,3 +390,20 @@ def test_training_against_a_real_mlflow_server(
     assert champion.run_id == result.run_id
     # artifacts went through the server into its artifact destination
     assert list((tmp_path / "server-artifacts").rglob("model.onnx"))
+    # the same recipe again: the champion is downloaded through the server and re-scored on
+    # the same photos; equal is not better
+    again = run_training(
+        dataset.config_path,
+        settings=settings,
+        backbone=backbone_factory(),
+        options=TrainingOptions(
+            fine_tune_layers=0, epochs=3, views=1, batch_size=4, learning_rate=0.05
+        ),
+        show_progress=False,
+    )
+    assert not again.promoted
+    kept = client.get_run(again.run_id).data
+    assert kept.tags["promotion_decision"] == "kept"
+    assert kept.metrics["champion_val_macro_f1_same_photos"] == pytest.approx(
+        result.metrics["val_macro_f1"], abs=1e-6
+    )

@@ -12,6 +12,7 @@ local object store (ingested with the real ingestion):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import pytest
 from skin_mlops import export_format, preprocessing
 from skin_mlops.core.config import Settings
 from skin_mlops.core.errors import DataError, ServiceUnavailableError, StorageError
-from skin_mlops.dataset import run_ingestion
+from skin_mlops.ingestion.run import run_ingestion
 from skin_mlops.metadata import read_lesions
 from skin_mlops.modeling.train import TrainingOptions, TrainingResult, run_training
 
@@ -92,19 +93,32 @@ def test_champion_alias_moves_only_to_a_better_model(workspace: Workspace) -> No
     champion = client.get_model_version_by_alias("skin-classifier", "champion")
     assert str(champion.version) == "2" and champion.run_id == strong.run_id
     kept = client.get_run(weak_again.run_id).data
-    assert kept.tags["champion_decision"] == "kept"
+    assert kept.tags["champion_decision"] == kept.tags["promotion_decision"] == "kept"
     assert kept.tags["champion_previous_version"] == "2"
-    assert kept.metrics["champion_previous_val_macro_f1"] == pytest.approx(
+    assert "re-scored on the same val photos" in kept.tags["promotion_reason"]
+    # the champion's registered ONNX model, run on this run's val photos: its own score
+    # (the same photos here), computed from pixels instead of cached features
+    assert kept.metrics["champion_val_macro_f1_same_photos"] == pytest.approx(
         strong.metrics["val_macro_f1"], abs=1e-6
     )
     assert kept.metrics["champion_candidate_val_macro_f1"] == pytest.approx(
         weak_again.metrics["val_macro_f1"]
     )
+    assert kept.metrics["promotion_margin"] == pytest.approx(
+        weak_again.metrics["val_macro_f1"] - strong.metrics["val_macro_f1"], abs=1e-6
+    )
+    assert kept.metrics["promotion_min_delta"] == 0.01
     promoted = client.get_run(strong.run_id).data
     assert promoted.tags["champion_decision"] == "promoted"
-    assert promoted.metrics["champion_previous_val_macro_f1"] == pytest.approx(
+    assert promoted.metrics["champion_val_macro_f1_same_photos"] == pytest.approx(
         weak.metrics["val_macro_f1"], abs=1e-6
     )
+    assert promoted.metrics["promotion_margin"] >= 0.01
+    assert promoted.tags["published_dir"] == str(strong.published_dir)
+    first = client.get_run(weak.run_id).data
+    assert first.tags["promotion_decision"] == "promoted"
+    assert "first" in first.tags["promotion_reason"]
+    assert "champion_val_macro_f1_same_photos" not in first.metrics
 
 
 def test_the_run_has_every_param_metric_and_artifact(workspace: Workspace) -> None:
@@ -276,6 +290,79 @@ def test_later_runs_reuse_the_feature_cache(workspace: Workspace) -> None:
     assert (second.features_extracted, second.features_reused) == (0, total)
     assert third.features_extracted == 0
     assert first.dataset_fingerprint == second.dataset_fingerprint == third.dataset_fingerprint
+
+
+# --- leakage: the same bytes in train and val ------------------------------------------
+
+
+def test_val_photos_leaked_from_train_are_left_out_unless_kept(
+    tmp_path,
+    colour_dataset_factory,
+    settings_factory,
+    backbone_factory,
+) -> None:
+    import shutil
+
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 3, "val": 2})
+    leaked = []
+    for label in dataset.labels[:2]:  # two training photos copied into val (same label)
+        source = tmp_path / "raw" / "train" / label / f"{label}_0.jpg"
+        shutil.copyfile(source, tmp_path / "raw" / "val" / label / "copy_of_train.jpg")
+        leaked.append(hashlib.sha256(source.read_bytes()).hexdigest())
+    settings = settings_factory(tmp_path)
+    summary = run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    assert len(summary.leakage) == 2  # what ingestion already reports
+    options = TrainingOptions(fine_tune_layers=0, epochs=2, views=1, batch_size=4)
+
+    def train(keep: bool) -> TrainingResult:
+        return run_training(
+            dataset.config_path,
+            settings=settings,
+            options=dataclasses.replace(options, keep_leaked_val=keep),
+            backbone=backbone_factory(),
+            show_progress=False,
+        )
+
+    client = _client(settings)
+    for keep, n_val, excluded in ((False, 6, 2), (True, 8, 0)):
+        result = train(keep)
+        assert result.val_leaked_excluded == excluded
+        run = client.get_run(result.run_id).data
+        assert run.params["keep_leaked_val"] == str(keep)
+        assert run.params["n_val"] == str(n_val)
+        assert run.metrics["val_leaked"] == 2
+        assert run.metrics["val_leaked_excluded"] == excluded
+        folder = tmp_path / f"download-{keep}"
+        val_set = json.loads(
+            Path(
+                client.download_artifacts(result.run_id, "evaluation/val_set.json", str(folder))
+            ).read_text()
+        )
+        hashes = {photo["sha256"] for photo in val_set["photos"]}
+        assert len(hashes) == n_val and (set(leaked) <= hashes) is keep
+        confusion = client.download_artifacts(
+            result.run_id, "evaluation/confusion_matrix.json", str(folder)
+        )
+        assert np.asarray(json.loads(Path(confusion).read_text())["matrix"]).sum() == n_val
+
+
+def test_a_val_split_made_only_of_training_photos_is_one_line(
+    tmp_path, colour_dataset_factory, settings_factory, tiny_backbone
+) -> None:
+    import shutil
+
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 2, "val": 0})
+    for label in dataset.labels:
+        shutil.copyfile(
+            tmp_path / "raw" / "train" / label / f"{label}_0.jpg",
+            tmp_path / "raw" / "val" / label / "copy.jpg",
+        )
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    with pytest.raises(DataError, match=r"all 3 val photos are also training photos"):
+        run_training(
+            dataset.config_path, settings=settings, backbone=tiny_backbone, show_progress=False
+        )
 
 
 # --- downloads from S3 (moto_server), fine-tuning ----------------------------------------
@@ -497,6 +584,8 @@ def test_cli_train_help_lists_the_options(tmp_path) -> None:
         "--image-size",
         "--views",
         "--fine-tune-layers",
+        "--keep-leaked-val",
+        "--promotion-min-delta",
     ):
         assert option in done.stdout
 
@@ -577,3 +666,21 @@ def test_tta_run_exports_the_averaged_model(
 
     model = keras.saving.load_model(result.published_dir / export_format.KERAS_MODEL_FILE)
     assert model.get_layer("tta_dihedral_views").views == 8
+
+
+def test_a_feature_dead_in_training_cannot_blow_up_the_logits() -> None:
+    """A feature constant on the training photos and active on a val one stays bounded."""
+    from skin_mlops.modeling.train import TrainingOptions, build_head, feature_variance_floor
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(1.0, 1.0, size=(64, 8))
+    train[:, 3] = 0.0  # never active in training
+    train[:5, 5] = 1e-4  # almost never
+    floored = feature_variance_floor(train.var(axis=0))
+    assert floored.min() >= 1e-2 * np.median(train.var(axis=0)[train.var(axis=0) > 0]) - 1e-12
+    assert floored[0] == train.var(axis=0)[0]  # ordinary features unchanged
+    head = build_head(train, 3, TrainingOptions(hidden_units=0))
+    probe = np.ones((1, 8), dtype=np.float32)
+    probe[0, 3] = 5.0  # active at val time
+    normalised = head.get_layer("feature_norm_0")(probe).numpy()
+    assert np.abs(normalised).max() < 100  # 1e-12 floor: ~5e6

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from skin_mlops.core.errors import ConfigError
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+MIN_ADMIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -64,10 +65,17 @@ class Settings(BaseSettings):
     mlflow_artifact_root: Path = Path("data/mlflow/artifacts")
     mlflow_experiment: str = "skin-classifier"
     registered_model_name: str = "skin-classifier"
+    # The promotion gate: a candidate takes @champion only when its val macro-F1 beats the
+    # champion's, re-scored on the same photos, by at least this much.
+    promotion_min_delta: float = Field(default=0.01, ge=0, le=1)
 
     # --- model export / serving ----------------------------------------------------
+    # Two concepts, one folder by default: MODEL_DIR is where training and promotion
+    # publish the champion's export (always a local folder: the link runs/skin5-current ->
+    # runs/skin5/<version>); MODEL_SOURCE is what `serve`, `predict` and `up` load: an
+    # export folder or models:/<name>@<alias>. Unset (or empty), MODEL_SOURCE is MODEL_DIR.
     model_dir: Path = Path("runs/skin5-current")
-    model_source: str = "runs/skin5-current"
+    model_source: str = ""
     api_host: str = "127.0.0.1"
     api_base_url: str = "http://localhost:8000"
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -78,6 +86,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=4, ge=1, le=256)
     max_batch_wait_ms: float = Field(default=5.0, ge=0)
     model_poll_seconds: float = Field(default=5.0, ge=0)
+    # Images admitted at once (being decoded or waiting for the model); past it /predict
+    # answers 503 with Retry-After instead of queueing without bound.
+    max_queued_images: int = Field(default=128, ge=1, le=100_000)
+    # Bearer token of POST /admin/reload; unset or empty disables it, else >= 16 characters.
     admin_token: SecretStr | None = None
     uncertainty_threshold: float = Field(default=0.5, ge=0, le=1)
     max_batch_files: int = Field(default=16, ge=1, le=256)
@@ -128,6 +140,23 @@ class Settings(BaseSettings):
     airflow_db_user: str = "airflow"
     airflow_db_password: SecretStr = SecretStr("airflow")
     airflow_db_name: str = "airflow"
+
+    @model_validator(mode="after")
+    def _admin_token_is_long_enough(self) -> Settings:
+        # A model validator, not a field one: the error line must not echo the token.
+        token = self.admin_token.get_secret_value() if self.admin_token else ""
+        if 0 < len(token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                f"(it has {len(token)}); leave it empty to disable /admin"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _model_source_defaults_to_model_dir(self) -> Settings:
+        if not self.model_source:
+            self.model_source = str(self.model_dir)
+        return self
 
     @model_validator(mode="after")
     def _s3_needs_credentials(self) -> Settings:

@@ -5,6 +5,8 @@ so it serves training, the benchmarks and any later re-evaluation alike:
 
 * :func:`classification_report` - accuracy, balanced accuracy, macro-F1, per-class
   precision / recall / F1 / support and the confusion matrix (scikit-learn);
+  :func:`macro_f1` alone is the selection metric (the promotion gate re-scores the
+  champion with it);
 * :func:`fit_temperature` - the temperature ``T`` minimising the negative log-likelihood
   of ``softmax(logits / T)`` (scipy L-BFGS-B on ``log T``), fitted on validation data;
 * :func:`expected_calibration_error` - equal-width confidence bins (15 by default), and
@@ -155,6 +157,22 @@ class ClassificationReport:
     confusion: np.ndarray  # [K, K], rows = true label, columns = predicted
 
 
+def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean of the per-class F1 over classes ``0..num_classes-1``.
+
+    ``zero_division=0``: a class never predicted correctly scores 0. A prediction outside
+    ``0..num_classes-1`` (a label the scored model knows and this label set does not) is
+    simply wrong: it counts as a miss of the true class and as nobody's hit.
+    """
+    from sklearn.metrics import f1_score
+
+    return float(
+        f1_score(
+            labels, predictions, labels=list(range(num_classes)), average="macro", zero_division=0
+        )
+    )
+
+
 def classification_report(
     labels: np.ndarray, predictions: np.ndarray, label_names: Sequence[str]
 ) -> ClassificationReport:
@@ -167,7 +185,6 @@ def classification_report(
         accuracy_score,
         balanced_accuracy_score,
         confusion_matrix,
-        f1_score,
         precision_recall_fscore_support,
     )
 
@@ -185,9 +202,7 @@ def classification_report(
     return ClassificationReport(
         accuracy=float(accuracy_score(labels, predictions)),
         balanced_accuracy=balanced,
-        macro_f1=float(
-            f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)
-        ),
+        macro_f1=macro_f1(labels, predictions, len(label_names)),
         per_class=per_class,
         confusion=confusion_matrix(labels, predictions, labels=classes),
     )

@@ -7,9 +7,12 @@ Top to bottom, one run does:
    MLflow store answers (:func:`skin_mlops.modeling.tracking.connect`); the object store
    answers (the models bucket is ensured);
 2. **data** - ``lesions_data`` rows with status ``present`` of the ``train`` and ``val``
-   splits; label -> index from the config's label order; image bytes from the local file
-   when it is still there, else from ``settings.dataset_cache_dir``, else downloaded from
-   the object store into that cache; every byte string is checked against its SHA-256;
+   splits; label -> index from the config's label order; a val photo whose bytes are also
+   a training photo (leakage, as ingestion reports it) is left out of val for training and
+   evaluation, and counted (``val_leaked_excluded``; ``--keep-leaked-val`` keeps them);
+   image bytes from the local file when it is still there, else from
+   ``settings.dataset_cache_dir``, else downloaded from the object store into that cache;
+   every byte string is checked against its SHA-256;
 3. **frozen features** - the backbone's output per (image, view), computed once and kept
    in the feature cache (:mod:`skin_mlops.modeling.features`); ``views`` fixed augmented
    views per training photo, the centre view (or its ``tta_views`` dihedral transforms)
@@ -24,12 +27,15 @@ Top to bottom, one run does:
    confusion matrix and reliability diagram PNGs (:mod:`skin_mlops.modeling.evaluate`);
 7. **export** - backbone + head in one graph, ``model.keras`` + ``model.onnx`` checked
    against each other (:mod:`skin_mlops.modeling.export`);
-8. **tracking** - everything logged to MLflow, the ONNX model registered as
-   ``skin-classifier`` (with ``signature.json`` and ``class_index.json``), the alias
-   ``champion`` moved only when the val macro-F1 beats the current champion's;
-9. **publish** - a new champion is published atomically to ``settings.model_dir``
-   (``runs/skin5-current``); every export is uploaded to the models bucket under
-   ``skin/models/<run_id>/``.
+8. **tracking** - everything logged to MLflow (the val photos too:
+   ``evaluation/val_set.json``), the ONNX model registered as ``skin-classifier`` (with
+   ``signature.json`` and ``class_index.json``); the export is uploaded to the models
+   bucket under ``skin/models/<run_id>/``;
+9. **promotion** - the gate (:func:`skin_mlops.modeling.tracking.promote_if_better`):
+   the current champion is re-scored on this run's val photos and ``champion`` moves only
+   when this run's val macro-F1 beats it by ``PROMOTION_MIN_DELTA`` (0.01); a new
+   champion is published atomically to ``settings.model_dir`` (``runs/skin5-current``)
+   while the gate still holds the store's lock.
 
 TensorFlow, Keras and MLflow are imported inside functions: ``skin_mlops.cli`` imports
 this module at start and must stay fast.
@@ -136,6 +142,8 @@ class TrainingOptions:
     fine_tune_layers: int = DEFAULT_FINE_TUNE_LAYERS
     fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS
     seed: int = DEFAULT_SEED
+    # keep val photos whose bytes are also training photos (default: excluded, counted)
+    keep_leaked_val: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -193,6 +201,8 @@ class TrainingOptions:
                 values[item.name] = tuple(
                     tuple(pair.split("=", 1)) for pair in raw.split(",") if "=" in pair
                 )
+            elif item.type in ("bool", bool):
+                values[item.name] = raw.strip().lower() in ("true", "1")
             elif item.type in ("int", int):
                 values[item.name] = int(raw)
             elif item.type in ("float", float):
@@ -233,6 +243,7 @@ class TrainingResult:
     features_reused: int
     parity_max_abs_prob_diff: float
     timings: dict[str, float] = field(default_factory=dict)
+    val_leaked_excluded: int = 0  # val photos left out: their bytes are training photos
 
 
 # --- data -------------------------------------------------------------------------------
@@ -295,6 +306,20 @@ def load_records(config: DatasetConfig) -> dict[str, list[LesionRecord]]:
     return by_split
 
 
+def split_leaked_val(
+    train_records: Sequence[LesionRecord], val_records: Sequence[LesionRecord]
+) -> tuple[list[LesionRecord], list[LesionRecord]]:
+    """``(clean, leaked)`` val rows: leaked ones have the bytes (SHA-256) of a training photo.
+
+    The same definition as ingestion's "leakage" (same bytes in two splits; the same
+    bytes under two labels are conflicts, which never reach training).
+    """
+    train_hashes = {r.sha256 for r in train_records}
+    clean = [r for r in val_records if r.sha256 not in train_hashes]
+    leaked = [r for r in val_records if r.sha256 in train_hashes]
+    return clean, leaked
+
+
 class ImageFetcher:
     """Bytes of an ingested image: local file, else local cache, else the object store.
 
@@ -319,21 +344,25 @@ class ImageFetcher:
             StorageError: the object store failed. DataError: the object's bytes do not
                 match the recorded SHA-256.
         """
+        return self.fetch(record.sha256, record.object_key, record.source_path)
+
+    def fetch(self, sha256: str, object_key: str, source_path: str | None = None) -> bytes:
+        """The verified bytes of the image ``sha256`` stored at ``object_key``."""
         for path in (
-            Path(record.source_path) if record.source_path else None,
-            self.cache_path(record.sha256),
+            Path(source_path) if source_path else None,
+            self.cache_path(sha256),
         ):
             if path is not None and path.is_file():
                 data = path.read_bytes()
-                if sha256_bytes(data) == record.sha256:
+                if sha256_bytes(data) == sha256:
                     return data
-        data = self.store.get_bytes(self.bucket, record.object_key)
-        if sha256_bytes(data) != record.sha256:
+        data = self.store.get_bytes(self.bucket, object_key)
+        if sha256_bytes(data) != sha256:
             raise DataError(
-                f"object {self.bucket}/{record.object_key} does not match its SHA-256 in the "
+                f"object {self.bucket}/{object_key} does not match its SHA-256 in the "
                 "metadata DB (re-run `skin-mlops ingest`)"
             )
-        target = self.cache_path(record.sha256)
+        target = self.cache_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         # No fsync: an entry lost to a power cut fails its SHA-256 check and is fetched again.
         atomic_write_bytes(target, data, fsync=False)
@@ -403,6 +432,19 @@ def _epoch_callback(progress: Progress, task: Any, name: str, prefix: str = "") 
 # --- model pieces ---------------------------------------------------------------------------
 
 
+def feature_variance_floor(variance: np.ndarray) -> np.ndarray:
+    """Per-feature variances for ``Normalization``, none under 1 % of the median one.
+
+    A backbone feature (almost) never active on the training photos has a variance near 0;
+    dividing by its square root would scale it by up to ~1e5 on a photo where it is active,
+    so one such photo gets logits of ~1e4, and temperature scaling can only answer with a
+    uniform distribution. The floor bounds that scale to 10x a typical feature's.
+    """
+    positive = variance[variance > 0]
+    typical = float(np.median(positive)) if positive.size else 1.0
+    return np.maximum(variance, max(1e-2 * typical, 1e-12))
+
+
 def build_head(
     train_features: np.ndarray, num_classes: int, options: TrainingOptions, member: int = 0
 ) -> keras.Model:
@@ -425,7 +467,7 @@ def build_head(
     features = keras.Input((flat.shape[1],), name=f"features_{member}")
     x = keras.layers.Normalization(
         mean=flat.mean(axis=0).astype(np.float32),
-        variance=np.maximum(flat.var(axis=0), 1e-12).astype(np.float32),
+        variance=feature_variance_floor(flat.var(axis=0)).astype(np.float32),
         name=f"feature_norm_{member}",
     )(features)
     seed = options.seed + 1000 * member
@@ -760,7 +802,7 @@ def run_training(
     An ingestion running on the same DB is waited for (up to ``lock_wait_s``), and no
     ingestion can start until this training has read its rows and images.
     """
-    from skin_mlops.dataset import metadata_lock
+    from skin_mlops.ingestion.lock import metadata_lock
 
     settings = settings or get_settings()
     config = load_dataset_config(dataset_config or settings.dataset_config)
@@ -778,6 +820,7 @@ def train_and_track(
     console: Console | None = None,
     show_progress: bool = True,
     promote: bool = True,
+    min_delta: float | None = None,
 ) -> TrainingResult:
     """Train, evaluate, export, track and publish one model (see the module docstring).
 
@@ -795,6 +838,9 @@ def train_and_track(
             the version and uploads its export only, and
             :func:`skin_mlops.modeling.promotion.promote_run` decides later (the Airflow
             pipeline's ``evaluate_and_promote`` task).
+        min_delta (float | None): the val macro-F1 improvement over the champion (re-scored
+            on this run's val photos) needed to take ``@champion`` (default
+            ``settings.promotion_min_delta``).
 
     Returns:
         TrainingResult: run id, registry decision, metrics, export location, timings.
@@ -811,6 +857,7 @@ def train_and_track(
         dihedral_view_ids,
         extract_features,
     )
+    from skin_mlops.modeling.promotion import VAL_SET_ARTIFACT, SamePhotoScorer, ValPhoto, ValSet
     from skin_mlops.storage import make_object_store
 
     _quiet_libraries()
@@ -835,8 +882,26 @@ def train_and_track(
     # the requirements are pinned explicitly; MLflow still warns that the venv has no pip
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
 
-    # 2. data
-    train_records, val_records = records[TRAIN_SPLIT], records[VAL_SPLIT]
+    # 2. data (val photos that are also training photos left out unless asked)
+    train_records, val_found = records[TRAIN_SPLIT], records[VAL_SPLIT]
+    clean_val, leaked_val = split_leaked_val(train_records, val_found)
+    val_records = val_found if options.keep_leaked_val else clean_val
+    if not val_records:
+        raise DataError(
+            f"all {len(val_found)} val photos are also training photos (same bytes: leakage); "
+            "add distinct val photos, or train with --keep-leaked-val"
+        )
+    if leaked_val:
+        console.print(
+            f"{len(leaked_val)} val photo(s) have the bytes of a training photo (leakage): "
+            + (
+                "kept in val (--keep-leaked-val)"
+                if options.keep_leaked_val
+                else "left out of val (--keep-leaked-val keeps them)"
+            ),
+            style="yellow",
+            highlight=False,
+        )
     fetch = ImageFetcher(store, config.storage.bucket, settings.dataset_cache_dir)
 
     def refs(rows: Sequence[LesionRecord]) -> list[ImageRef]:
@@ -886,6 +951,21 @@ def train_and_track(
             },
         }
         mlflow.set_tags({"stage": "train", "dataset": config.dataset})
+        mlflow.log_metrics(
+            {
+                "val_leaked": len(leaked_val),
+                "val_leaked_excluded": len(val_found) - len(val_records),
+            }
+        )
+        val_set = ValSet(
+            dataset=config.dataset,
+            bucket=config.storage.bucket,
+            labels=tuple(labels),
+            photos=tuple(
+                ValPhoto(r.sha256, r.label, r.object_key, r.source_path or "") for r in val_records
+            ),
+        )
+        mlflow.log_dict(val_set.as_dict(), VAL_SET_ARTIFACT)
 
         # 3. frozen features
         params.update(
@@ -1117,45 +1197,36 @@ def train_and_track(
                 run_id=run_id,
                 tags={"export_version": export_version, "keras_model_uri": keras_info.model_uri},
             )
-            if promote:
-                decision = tracking.promote_if_better(
-                    settings.registered_model_name, registered, evaluation.report.macro_f1
-                )
-            else:
-                decision = tracking.ChampionDecision.deferred(
-                    settings.registered_model_name, registered, evaluation.report.macro_f1
-                )
-            mlflow.set_tags(
-                {
-                    "registered_model": decision.model_name,
-                    "registered_version": decision.version,
-                    "champion_decision": decision.outcome,
-                    "champion_decision_summary": decision.summary,
-                    "champion_previous_version": decision.previous_version or "none",
-                }
-            )
-            mlflow.log_metrics(
-                {
-                    "champion_candidate_val_macro_f1": decision.score,
-                    **(
-                        {"champion_previous_val_macro_f1": decision.previous_score}
-                        if decision.previous_score is not None
-                        and np.isfinite(decision.previous_score)
-                        else {}
-                    ),
-                }
-            )
-
-        # 9. upload every export; publish a new champion
-        with _timed(timings, "publish"):
+            # every export is uploaded (the Airflow gate publishes from there)
             export_uri = export.upload_export(store, settings.s3_models_bucket, run_id, staging)
             mlflow.set_tag("export_uri", export_uri)
-            published: Path | None = None
-            if decision.promoted:
-                published = export.publish_export(result, Path(settings.model_dir))
-                mlflow.set_tag("published_dir", str(published))
-            else:
+
+        # 9. promotion: the champion re-scored on these val photos; a new champion published
+        with _timed(timings, "promotion"):
+            try:
+                if promote:
+                    val_bytes = {ref.sha256: ref.load for ref in val_refs}
+                    decision = tracking.promote_if_better(
+                        settings.registered_model_name,
+                        registered,
+                        evaluation.report.macro_f1,
+                        rescore=SamePhotoScorer(
+                            val_set, lambda photo: val_bytes[photo.sha256](), settings
+                        ),
+                        min_delta=settings.promotion_min_delta if min_delta is None else min_delta,
+                        tracking_uri=settings.mlflow_tracking_uri,
+                        publish=lambda: export.publish_export(result, Path(settings.model_dir)),
+                    )
+                else:
+                    decision = tracking.ChampionDecision.deferred(
+                        settings.registered_model_name, registered, evaluation.report.macro_f1
+                    )
+            finally:  # published: renamed into runs/skin5/; otherwise (or on error): dropped
                 shutil.rmtree(staging, ignore_errors=True)
+            tracking.log_decision(
+                mlflow.MlflowClient(settings.mlflow_tracking_uri), run_id, decision
+            )
+            published = decision.published_dir
         timings["total"] = round(time.perf_counter() - started, 3)
         mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
 
@@ -1176,6 +1247,7 @@ def train_and_track(
         features_reused=reused,
         parity_max_abs_prob_diff=parity.max_abs_prob_diff,
         timings=timings,
+        val_leaked_excluded=len(val_found) - len(val_records),
     )
     shutil.rmtree(plots, ignore_errors=True)
     return training_result
@@ -1291,6 +1363,23 @@ def train_command(
         int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
     ] = DEFAULT_FINE_TUNE_EPOCHS,
     seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULT_SEED,
+    keep_leaked_val: Annotated[
+        bool,
+        typer.Option(
+            "--keep-leaked-val",
+            help="Keep val photos whose bytes are also training photos (default: left out "
+            "of val for training and evaluation, and counted).",
+        ),
+    ] = False,
+    promotion_min_delta: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Val macro-F1 improvement over the champion (re-scored on this run's val "
+            "photos) needed to take @champion (default: PROMOTION_MIN_DELTA, 0.01).",
+        ),
+    ] = None,
 ) -> None:
     """Train the classifier on the ingested images; log to MLflow; export and publish."""
     from skin_mlops.core.native_logs import filter_native_stderr
@@ -1309,9 +1398,16 @@ def train_command(
         fine_tune_layers=fine_tune_layers,
         fine_tune_epochs=fine_tune_epochs,
         seed=seed,
+        keep_leaked_val=keep_leaked_val,
     )
     settings = get_settings()
     console = Console()
     config_path = dataset_config or settings.dataset_config
-    result = run_training(config_path, settings=settings, options=options, console=console)
+    result = run_training(
+        config_path,
+        settings=settings,
+        options=options,
+        console=console,
+        min_delta=promotion_min_delta,
+    )
     _print_summary(result, load_dataset_config(config_path).labels, console)

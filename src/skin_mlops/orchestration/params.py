@@ -35,6 +35,11 @@ TRAIN_PARAMS: dict[str, tuple[Any, dict[str, Any], str]] = {
         {"type": ["null", "string"], "enum": [None, "efficientnet_lite0", "efficientnet_b0"]},
         "frozen backbone (default: the recipe's)",
     ),
+    "keep_leaked_val": (
+        False,
+        {"type": "boolean"},
+        "keep val photos whose bytes are also training photos (default: left out, counted)",
+    ),
 }
 
 

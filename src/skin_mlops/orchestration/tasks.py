@@ -34,7 +34,7 @@ def ingest(
         DataError: the summary reports failures (corrupt files, conflicts), or another
             ingestion holds the lock. StorageError: the object store failed (retryable).
     """
-    from skin_mlops.dataset import run_ingestion
+    from skin_mlops.ingestion.run import run_ingestion
 
     settings = settings or get_settings()
     summary = run_ingestion(config_path or settings.dataset_config, list(splits), settings=settings)
@@ -94,6 +94,7 @@ def train(
         "val_accuracy": result.metrics.get("val_accuracy"),
         "features_extracted": result.features_extracted,
         "features_reused": result.features_reused,
+        "val_leaked_excluded": result.val_leaked_excluded,
     }
     log.info("training: %s", out)
     return out
@@ -102,7 +103,13 @@ def train(
 def evaluate_and_promote(
     candidate: Mapping[str, Any], *, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """The registry gate for the trained version: ``@champion`` only when better."""
+    """The registry gate for the trained version: ``@champion`` only when it beats the
+    champion, re-scored on this run's val photos, by ``PROMOTION_MIN_DELTA``.
+
+    Raises:
+        ServiceUnavailableError: MLflow failed, also while reading the champion (retried).
+        DataError: the run has no val set to re-score the champion on (fails at once).
+    """
     from skin_mlops.modeling.promotion import promote_run
 
     result = promote_run(str(candidate["model_version"]), settings=settings)

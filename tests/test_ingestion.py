@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import skin_mlops.dataset as dataset_module
+import skin_mlops.ingestion.resolve as resolve_module
 from ingest_fixtures import RawDataset, free_port, image_bytes, write_dataset_config, write_image
 from skin_mlops.core.config import load_settings
 from skin_mlops.core.errors import ConfigError, DataError, StorageError
-from skin_mlops.dataset import IngestionSummary, check_structure, object_key_for, run_ingestion
+from skin_mlops.ingestion.keys import object_key_for
+from skin_mlops.ingestion.lock import metadata_lock
+from skin_mlops.ingestion.report import IngestionSummary, print_summary
+from skin_mlops.ingestion.run import run_ingestion
+from skin_mlops.ingestion.verify import check_structure
 from skin_mlops.metadata import LesionRecord, read_lesions
 from skin_mlops.preprocessing import CorruptImageError
 from skin_mlops.storage import LocalObjectStore, S3ObjectStore
@@ -102,13 +106,13 @@ def test_a_rerun_does_not_read_unchanged_files(
     populate(raw_dataset)
     ingest(raw_dataset)
     reads: list[str] = []
-    real_check = dataset_module.check_file
+    real_check = resolve_module.check_file
 
     def counting_check(path: str, *args: object):
         reads.append(path)
         return real_check(path, *args)
 
-    monkeypatch.setattr(dataset_module, "check_file", counting_check)
+    monkeypatch.setattr(resolve_module, "check_file", counting_check)
     assert ingest(raw_dataset).totals().unchanged == 9
     assert reads == []
     touched = raw_dataset.raw / "train" / "acne" / "img_0.jpg"
@@ -469,8 +473,6 @@ def test_a_second_concurrent_ingestion_is_refused(raw_dataset: RawDataset) -> No
 
 def test_ingestion_cannot_start_while_a_training_reads_the_db(raw_dataset: RawDataset) -> None:
     """Training holds the DB's lock shared; ingestion needs it alone (and is retried later)."""
-    from skin_mlops.dataset import metadata_lock
-
     populate(raw_dataset, per_label=1)
     with metadata_lock(raw_dataset.db_path, shared=True):
         with metadata_lock(raw_dataset.db_path, shared=True):  # two trainings may read at once
@@ -481,8 +483,6 @@ def test_ingestion_cannot_start_while_a_training_reads_the_db(raw_dataset: RawDa
 
 def test_a_training_waits_for_a_running_ingestion_then_gives_up(raw_dataset: RawDataset) -> None:
     import time
-
-    from skin_mlops.dataset import metadata_lock
 
     with metadata_lock(raw_dataset.db_path, shared=False):
         started = time.monotonic()
@@ -716,7 +716,7 @@ def test_summary_fits_80_columns_and_shows_problem_columns_only_with_problems(
 
     populate(raw_dataset)
     console = Console(record=True, width=80, color_system=None)
-    dataset_module._print_summary(ingest(raw_dataset), console)
+    print_summary(ingest(raw_dataset), console)
     clean = console.export_text()
     assert max(len(line) for line in clean.splitlines()) <= 80, clean
     assert "corrupt" not in clean.split("none found:")[0]  # no column for it...
@@ -724,7 +724,7 @@ def test_summary_fits_80_columns_and_shows_problem_columns_only_with_problems(
 
     (raw_dataset.raw / "train" / "acne" / "cut.jpg").write_bytes(image_bytes(seed=9)[:300])
     console = Console(record=True, width=80, color_system=None)
-    dataset_module._print_summary(ingest(raw_dataset), console)
+    print_summary(ingest(raw_dataset), console)
     broken = console.export_text()
     header = next(line for line in broken.splitlines() if "unchanged" in line)
     assert "corrupt" in header and "dupes" not in header
