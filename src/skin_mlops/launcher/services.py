@@ -92,7 +92,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def mlflow_service(settings: Settings) -> Service:
-    """``mlflow server`` on the embedded store (SQLite + local artifacts), one worker."""
+    """``mlflow server`` on the embedded store (SQLite + local artifact files), one worker."""
     artifacts = settings.mlflow_artifact_root.resolve()
     store = settings.mlflow_tracking_uri
     if store.startswith("sqlite:///"):
@@ -109,8 +109,12 @@ def mlflow_service(settings: Settings) -> Service:
             "server",
             "--backend-store-uri",
             store,
-            "--artifacts-destination",
-            str(artifacts),
+            # Artifacts as plain files under MLFLOW_ARTIFACT_ROOT, not proxied: an experiment
+            # the server creates then works the same with the server (`up`) and without it
+            # (`skin-mlops train` on the SQLite store), where mlflow-artifacts:/ URIs fail.
+            "--default-artifact-root",
+            artifacts.as_uri(),
+            "--no-serve-artifacts",
             "--host",
             LOCALHOST,
             "--port",
