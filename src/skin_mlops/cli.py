@@ -11,12 +11,12 @@ one red line and turned into an exit code; anything else is a bug and keeps its 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from skin_mlops.core.cli_options import DatasetConfigOption
 from skin_mlops.core.config import get_settings
 from skin_mlops.core.errors import SkinMlopsError
 
@@ -51,15 +51,7 @@ app.command("predict")(predict_command)
 
 @app.command("pipeline")
 def pipeline_command(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            "--dataset-config",
-            help="Dataset config YAML (default: DATASET_CONFIG).",
-        ),
-    ] = None,
+    config: DatasetConfigOption = None,
     epochs: Annotated[
         int | None, typer.Option(help="Head training epochs (default: train's default).")
     ] = None,

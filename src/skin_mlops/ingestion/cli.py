@@ -6,13 +6,13 @@ it failed). Registered by :mod:`skin_mlops.cli`.
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from skin_mlops.core.cli_options import DatasetConfigOption
 from skin_mlops.core.config import get_settings
 from skin_mlops.ingestion.report import print_summary
 from skin_mlops.ingestion.run import DEFAULT_SPLITS, run_ingestion
@@ -35,15 +35,7 @@ def _merge_splits(option_values: list[str] | None, extra_values: list[str] | Non
 
 
 def ingest_command(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            "--dataset-config",
-            help="Dataset config YAML (default: DATASET_CONFIG).",
-        ),
-    ] = None,
+    config: DatasetConfigOption = None,
     splits: Annotated[
         list[str] | None,
         typer.Option(

@@ -72,6 +72,7 @@ from rich.progress import (
 from rich.table import Table
 
 from skin_mlops import preprocessing
+from skin_mlops.core.cli_options import DatasetConfigOption
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.core.errors import ConfigError, DataError
 from skin_mlops.core.files import atomic_write_bytes
@@ -1317,15 +1318,7 @@ def _print_summary(result: TrainingResult, labels: list[str], console: Console) 
 
 
 def train_command(
-    dataset_config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            "--dataset-config",
-            help="Dataset config YAML (default: DATASET_CONFIG).",
-        ),
-    ] = None,
+    dataset_config: DatasetConfigOption = None,
     epochs: Annotated[int, typer.Option(help="Head training epochs.")] = DEFAULT_EPOCHS,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = DEFAULT_BATCH_SIZE,
     learning_rate: Annotated[float, typer.Option(help="Head learning rate.")] = (
