@@ -6,8 +6,10 @@ per-test ``runs/skin5-current`` link under ``tmp_path``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,6 +27,19 @@ from utils.servers import (
 )
 
 __all__ = ["ADMIN_TOKEN", "free_port", "make_settings", "start_live_server", "stop_live_server"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_http_env() -> Iterator[None]:
+    """A registry source sets MLflow's HTTP retry defaults in ``os.environ`` (the serving
+    process is its own); give other tests of the session the environment they had."""
+    keys = [key for key in os.environ if key.startswith("MLFLOW_HTTP_REQUEST_")]
+    before = {key: os.environ[key] for key in keys}
+    yield
+    for key in [key for key in os.environ if key.startswith("MLFLOW_HTTP_REQUEST_")]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)
 
 
 @pytest.fixture
@@ -51,12 +66,13 @@ def client(export_link: Path) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def live_server_for() -> Iterator[Callable[[Settings], LiveServer]]:
-    """Start live servers for given settings; all are stopped at teardown."""
+def live_server_for() -> Iterator[Callable[..., LiveServer]]:
+    """Start live servers for given settings (and :func:`start_live_server` options); all
+    are stopped at teardown."""
     started: list[LiveServer] = []
 
-    def start(settings: Settings) -> LiveServer:
-        live = start_live_server(settings)
+    def start(settings: Settings, **options: Any) -> LiveServer:
+        live = start_live_server(settings, **options)
         started.append(live)
         return live
 

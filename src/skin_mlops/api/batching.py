@@ -15,6 +15,22 @@ queues the pixels and awaits its row of probabilities. One worker task forms bat
 Each queued image carries the :class:`~skin_mlops.api.model_runtime.LoadedModel` its
 request started with; a batch is split by model, so during a hot swap in-flight requests
 finish on the old model and new ones start on the new model.
+
+Failure paths (each request gets an answer, the worker survives):
+
+* **admission**: at most ``MAX_QUEUED_IMAGES`` images are being preprocessed or wait for
+  the model; past that :meth:`reserve` raises :class:`BatcherOverloadedError` (503 with
+  ``Retry-After``) before any decoding is spent on the request;
+* **a failing batch**: an exception anywhere in a batch (stacking, the ORT call,
+  post-processing, building the results) resolves every future of that batch with
+  :class:`BatchFailedError` (500; 503 for a ``MemoryError``) and the worker takes the
+  next batch;
+* **a client gone**: an image whose future is already done (its request was cancelled
+  because the client disconnected) is dropped from the batch before the model runs;
+* **shutdown**: :meth:`stop` answers the queued *and* the in-flight batch's requests with
+  :class:`BatcherStoppedError` (503) at once, without waiting for the model call.
+
+``api_images_dropped_total{reason}`` counts the images that did not get a prediction.
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skin_mlops.api.metrics import ApiMetrics
+from skin_mlops.api.middleware import current_request_id
 from skin_mlops.api.model_runtime import LoadedModel
 
 log = logging.getLogger("skin_mlops.api.batching")
@@ -36,6 +53,22 @@ log = logging.getLogger("skin_mlops.api.batching")
 
 class BatcherStoppedError(RuntimeError):
     """The batcher is not running (the server is starting or shutting down)."""
+
+
+class BatcherOverloadedError(RuntimeError):
+    """``MAX_QUEUED_IMAGES`` images are already admitted: come back later (503)."""
+
+
+class BatchFailedError(RuntimeError):
+    """The batch this image was in failed; the cause is chained and logged once.
+
+    Attributes:
+        out_of_memory (bool): the cause was a ``MemoryError`` (503, not a bug: 500).
+    """
+
+    def __init__(self, message: str, *, out_of_memory: bool) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
 
 
 @dataclass
@@ -53,6 +86,7 @@ class _Job:
     model: LoadedModel
     pixels: np.ndarray
     future: asyncio.Future[BatchResult]
+    request_id: str | None = None
 
 
 class Reservation:
@@ -80,15 +114,33 @@ class Reservation:
 class MicroBatcher:
     """Groups concurrent single-image requests into ONNX Runtime batches."""
 
-    def __init__(self, max_batch_size: int, max_wait_ms: float, metrics: ApiMetrics) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_ms: float,
+        metrics: ApiMetrics,
+        max_queued: int = 128,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queued = max_queued
         self.metrics = metrics
         self._pending: deque[_Job] = deque()
+        self._in_flight: list[_Job] = []
         self._incoming = 0
         self._wakeup = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """The worker is up and takes images."""
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def queued(self) -> int:
+        """Images admitted and not yet in a model call (being preprocessed or waiting)."""
+        return self._incoming + len(self._pending)
 
     def start(self) -> None:
         """Start the batching task on the running event loop."""
@@ -97,7 +149,11 @@ class MicroBatcher:
         self._worker = asyncio.create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Stop the worker; queued requests fail with :class:`BatcherStoppedError`."""
+        """Stop the worker; queued and in-flight requests fail with :class:`BatcherStoppedError`.
+
+        Does not wait for a model call in progress: its requests are answered now, its
+        result is discarded, and the inference thread ends when the call returns.
+        """
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -105,26 +161,51 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        while self._pending:
-            job = self._pending.popleft()
+        unanswered = [*self._in_flight, *self._pending]
+        self._in_flight = []
+        self._pending.clear()
+        for job in unanswered:
             if not job.future.done():
+                self.metrics.images_dropped.labels(reason="shutdown").inc()
                 job.future.set_exception(BatcherStoppedError("the server is shutting down"))
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    def _admit(self) -> None:
+        if not self.running:
+            raise BatcherStoppedError("the server is not accepting predictions right now")
+        if self.queued >= self.max_queued:
+            self.metrics.images_dropped.labels(reason="queue_full").inc()
+            raise BatcherOverloadedError(
+                f"the server is busy ({self.queued} images queued); retry in a moment"
+            )
+
     def reserve(self) -> Reservation:
-        """Announce a request that is being preprocessed and will submit soon."""
+        """Admit a request that is being preprocessed and will submit soon.
+
+        Raises:
+            BatcherStoppedError: not running.
+            BatcherOverloadedError: ``MAX_QUEUED_IMAGES`` images are already admitted.
+        """
+        self._admit()
         return Reservation(self)
 
     async def submit(
         self, model: LoadedModel, pixels: np.ndarray, reservation: Reservation | None = None
     ) -> BatchResult:
-        """Queue one preprocessed image (``float32[S, S, 3]``) and await its result."""
-        if self._worker is None or self._worker.done():
+        """Queue one preprocessed image (``float32[S, S, 3]``) and await its result.
+
+        Without a ``reservation`` the image is admitted here (same limits as
+        :meth:`reserve`). Cancelling the awaiting task drops the image from the queue.
+        """
+        if reservation is None:
+            self._admit()
+        elif not self.running:
+            reservation.release()
             raise BatcherStoppedError("the server is not accepting predictions right now")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(model, pixels, future))
+        self._pending.append(_Job(model, pixels, future, current_request_id()))
         if reservation is not None:
             reservation.release()
         self._wakeup.set()
@@ -156,28 +237,72 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            groups: dict[int, list[_Job]] = {}
-            for job in batch:
-                groups.setdefault(id(job.model), []).append(job)
-            for jobs in groups.values():
-                await self._infer(loop, jobs)
+            self._in_flight = batch
+            try:
+                groups: dict[int, list[_Job]] = {}
+                for job in batch:
+                    groups.setdefault(id(job.model), []).append(job)
+                for jobs in groups.values():
+                    await self._infer(loop, jobs)
+            except Exception as exc:  # a bug outside _infer: fail this batch, keep working
+                self._fail(batch, exc)
+            # (a CancelledError skips this: stop() answers the in-flight batch)
+            self._in_flight = []
+
+    def _live(self, jobs: list[_Job]) -> list[_Job]:
+        """``jobs`` whose requests still wait (a cancelled one's client has gone)."""
+        live = [job for job in jobs if not job.future.done()]
+        if len(live) < len(jobs):
+            self.metrics.images_dropped.labels(reason="client_gone").inc(len(jobs) - len(live))
+        return live
 
     async def _infer(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         """One ORT call for ``jobs`` (same model); resolve each job's future."""
+        jobs = self._live(jobs)
+        if not jobs:
+            return
         model = jobs[0].model
-        stacked = np.stack([job.pixels for job in jobs]).astype(np.float32, copy=False)
-        self.metrics.batch_size.observe(len(jobs))
-        started = time.perf_counter()
         try:
+            stacked = np.stack([job.pixels for job in jobs]).astype(np.float32, copy=False)
+            self.metrics.batch_size.observe(len(jobs))
+            started = time.perf_counter()
             logits = await loop.run_in_executor(self._executor, model.logits, stacked)
             probabilities = model.probabilities(logits)
-        except Exception as exc:  # an ORT failure fails these requests, not the worker
-            log.exception("inference failed for a batch of %d", len(jobs))
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            model_ms = (time.perf_counter() - started) * 1000
+            if probabilities.shape != (len(jobs), len(model.labels)):
+                raise ValueError(
+                    f"model {model.version} returned probabilities of shape "
+                    f"{probabilities.shape} for {len(jobs)} images"
+                )
+            results = [BatchResult(row, model, len(jobs), model_ms) for row in probabilities]
+        except Exception as exc:  # fails these requests, not the worker
+            self._fail(jobs, exc)
             return
-        model_ms = (time.perf_counter() - started) * 1000
-        for job, row in zip(jobs, probabilities, strict=True):
-            if not job.future.done():  # the client may have gone away (cancelled)
-                job.future.set_result(BatchResult(row, model, len(jobs), model_ms))
+        for job, result in zip(jobs, results, strict=True):
+            if not job.future.done():  # the client may have gone away meanwhile
+                job.future.set_result(result)
+
+    def _fail(self, jobs: list[_Job], exc: Exception) -> None:
+        """Answer every still-waiting job of a failed batch (the cause is logged once)."""
+        waiting = [job for job in jobs if not job.future.done()]
+        out_of_memory = isinstance(exc, MemoryError)
+        ids = ", ".join(job.request_id or "-" for job in waiting)
+        log.error(
+            "%s in a batch of %d images (request ids: %s)",
+            "out of memory" if out_of_memory else "inference failed",
+            len(jobs),
+            ids or "none waiting",
+            exc_info=exc,
+        )
+        self.metrics.images_dropped.labels(
+            reason="out_of_memory" if out_of_memory else "batch_failed"
+        ).inc(len(waiting))
+        for job in waiting:
+            error = BatchFailedError(
+                "out of memory while running the model"
+                if out_of_memory
+                else "the model call for this image's batch failed",
+                out_of_memory=out_of_memory,
+            )
+            error.__cause__ = exc
+            job.future.set_exception(error)

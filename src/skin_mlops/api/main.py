@@ -2,12 +2,17 @@
 
 Start-up (lifespan): the preprocess thread pool and the micro-batcher start, the model is
 loaded, validated and warmed up (``/ready`` turns 200), and a poller watches the model
-source every ``MODEL_POLL_SECONDS`` (0 disables polling). If no model can be loaded the
-service still starts: ``/health`` answers, ``/ready`` and ``/predict`` say why with 503,
-and the poller picks the model up once it is published.
+source every ``MODEL_POLL_SECONDS`` (0: only until a first model serves). If no model can
+be loaded the service still starts: ``/health`` answers, ``/ready`` and ``/predict`` say
+why with 503, and the poller picks the model up once it is published.
 
-Errors are always JSON ``{"detail": "<one line>"}``; an unexpected exception is logged
-and answered 500 without a trace.
+With a registry source and MLflow down, start-up does not wait for it: ``/ready`` says
+"model source unreachable" and the poller (every ``MODEL_POLL_SECONDS``, or every few
+seconds while no model serves when polling is off) loads the model once MLflow answers.
+
+Errors are always JSON ``{"detail": "<one line>"}``; every response carries an
+``X-Request-ID``; an unexpected exception is logged with that id and its traceback and
+answered 500 with a generic body naming the id.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from importlib.metadata import version as package_version
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from skin_mlops.api.batching import MicroBatcher
@@ -30,10 +35,12 @@ from skin_mlops.api.middleware import (
     MULTIPART_OVERHEAD_BYTES,
     BodySizeLimitMiddleware,
     MetricsMiddleware,
+    RequestIdMiddleware,
+    internal_error_detail,
 )
 from skin_mlops.api.model_runtime import ModelRuntime, make_source
 from skin_mlops.api.routes import admin, health, metrics, model, predict
-from skin_mlops.api.services import Services
+from skin_mlops.api.services import CLIENT_CLOSED_REQUEST, ClientDisconnectedError, Services
 from skin_mlops.core.config import Settings, get_settings
 
 log = logging.getLogger("skin_mlops.api")
@@ -73,10 +80,22 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _one_line_validation_error(exc)}, 422)
 
+    @app.exception_handler(ClientDisconnectedError)
+    async def client_gone(_: Request, __: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; metrics do
+
+    # RequestIdMiddleware answers unexpected exceptions; this catches one raised outside it.
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal server error"}, 500)
+        request_id = getattr(request.state, "request_id", None)
+        log.error(
+            "unexpected error on %s %s (request id %s)",
+            request.method,
+            request.url.path,
+            request_id,
+            exc_info=exc,
+        )
+        return JSONResponse({"detail": internal_error_detail(request_id)}, 500)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,7 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     api_metrics = ApiMetrics()
     runtime = ModelRuntime(settings, make_source(settings), api_metrics)
-    batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms, api_metrics)
+    batcher = MicroBatcher(
+        settings.max_batch_size,
+        settings.max_batch_wait_ms,
+        api_metrics,
+        max_queued=settings.max_queued_images,
+    )
     services = Services(settings, api_metrics, runtime, batcher)
 
     @contextlib.asynccontextmanager
@@ -94,18 +118,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         batcher.start()
         await runtime.reload()
-        poller = (
-            asyncio.create_task(runtime.poll_forever(), name="model-poller")
-            if settings.model_poll_seconds > 0
-            else None
-        )
+        # Polls every MODEL_POLL_SECONDS; with 0, retries only until a first model serves.
+        poller = asyncio.create_task(runtime.poll_forever(), name="model-poller")
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
             await batcher.stop()
             services.preprocess_pool.shutdown(wait=True)
 
@@ -119,6 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, health.router, model.router, metrics.router, admin.router):
         app.include_router(router)
     _install_error_handlers(app)
+    # Outermost last: metrics see every status; every response, a 413 of the body limit
+    # too, gets its request id.
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_body_limit(settings))
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=api_metrics, routes=lambda: app.router.routes)
     return app

@@ -15,6 +15,9 @@ name                               type       labels
 ``api_model_info``                 gauge = 1  ``version``, ``backbone`` (the served model)
 ``api_model_reloads_total``        counter    ``result`` (``success`` / ``refused``)
 ``api_model_reload_failing``       gauge      - (1 while the newest candidate is refused)
+``api_images_dropped_total``       counter    ``reason``: ``queue_full``, ``client_gone``,
+                                              ``batch_failed``, ``out_of_memory``,
+                                              ``shutdown`` (images given no prediction)
 =================================  =========  ==========================================
 
 Every label value is bounded: endpoints are route templates (``/predict``, or
@@ -100,6 +103,14 @@ class ApiMetrics:
             "api_model_label_train_share",
             "Each label's share of the served model's training photos (0-1; drift baseline).",
             ["label"],
+            registry=r,
+        )
+        self.images_dropped = Counter(
+            "api_images_dropped_total",
+            "Admitted or refused images that got no prediction, by reason: queue_full (503 "
+            "at admission), client_gone (dropped before the model ran), batch_failed, "
+            "out_of_memory, shutdown.",
+            ["reason"],
             registry=r,
         )
         self.reload_failing = Gauge(

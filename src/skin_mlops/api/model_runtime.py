@@ -19,7 +19,14 @@ all off to the side, in a worker thread. Only then the reference
 A candidate that fails any step is *refused*: logged, counted
 (``api_model_reloads_total{result="refused"}``, ``api_model_reload_failing`` = 1), shown
 in ``GET /model``, and the old model keeps serving. A refused key is not retried until the
-source changes again (or an admin forces a reload).
+source changes again (or an admin forces a reload); a source that cannot be asked
+(:class:`ModelSourceUnavailableError`: MLflow down) is retried at every poll.
+
+What ``/model``, ``/ready`` and ``/predict``'s 503 show (:attr:`ModelRuntime.last_error`) is
+a short reason from :func:`classify_failure` - ``model source unreachable: <redacted
+source>``, ``invalid model: <our own line>``, ``no exported model at ...`` - never a foreign
+exception's text: that (ONNX Runtime's, MLflow's) is chained to our error and only logged,
+redacted.
 """
 
 from __future__ import annotations
@@ -27,16 +34,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from skin_mlops import export_format
+from skin_mlops.api.redact import redact_text
 from skin_mlops.core.config import Settings
-from skin_mlops.core.errors import SkinMlopsError
+from skin_mlops.core.errors import ServiceUnavailableError, SkinMlopsError
 from skin_mlops.preprocessing import PREPROCESSING_ID
 
 if TYPE_CHECKING:
@@ -50,7 +57,25 @@ _BATCH_INDEPENDENCE_ATOL = 1e-4
 
 
 class ModelRefusedError(SkinMlopsError):
-    """A candidate model failed validation or warm-up; the old model keeps serving."""
+    """A candidate model failed validation or warm-up; the old model keeps serving.
+
+    ``str(error)`` is our own one line (shown, after ``invalid model:``, on ``/model``); a
+    foreign exception behind it (ONNX Runtime's) is chained and only logged.
+    """
+
+
+class ModelNotFoundError(SkinMlopsError):
+    """Nothing is published at the source (no such alias, version or folder)."""
+
+
+class ModelSourceUnavailableError(ServiceUnavailableError):
+    """The source cannot be asked right now (MLflow unreachable or refusing access).
+
+    Retried by the poller; ``POST /admin/reload`` answers 503 with ``Retry-After``.
+    """
+
+
+ReloadKind = Literal["swapped", "unchanged", "refused", "unavailable", "error"]
 
 
 @dataclass(frozen=True)
@@ -176,7 +201,7 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        raise ModelRefusedError(f"ONNX Runtime cannot load {folder.name}: {exc}") from None
+        raise ModelRefusedError(f"ONNX Runtime cannot load {folder.name}") from exc
     if len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
         raise ModelRefusedError("the ONNX model must have exactly one input and one output")
     _check_spec("input", signature.input, session.get_inputs()[0])
@@ -198,7 +223,7 @@ def _warm_up(model: LoadedModel, max_batch_size: int) -> None:
         single = model.logits(batch[:1])
         full = model.logits(batch)
     except Exception as exc:  # an ORT runtime failure on a real-shaped input
-        raise ModelRefusedError(f"model {model.version} fails on a warm-up batch: {exc}") from None
+        raise ModelRefusedError(f"model {model.version} fails on a warm-up batch") from exc
     for out, n in ((single, 1), (full, len(batch))):
         if out.shape != (n, n_labels):
             raise ModelRefusedError(
@@ -261,14 +286,42 @@ def make_source(settings: Settings) -> ModelSource:
     return FolderSource(Path(settings.model_source))
 
 
+INTERNAL_LOAD_ERROR = "internal error while loading the model (see the server log)"
+# With polling off (MODEL_POLL_SECONDS=0), how often a service without a model retries.
+START_RETRY_SECONDS = 5.0
+
+
+def retry_after_s(settings: Settings) -> float:
+    """When the source is asked again: the poll interval, or the start-up retry."""
+    poll = settings.model_poll_seconds
+    return poll if poll > 0 else START_RETRY_SECONDS
+
+
 @dataclass
 class ReloadOutcome:
-    """What a reload attempt did."""
+    """What a reload attempt did.
+
+    ``kind``: ``swapped`` (a new model serves), ``unchanged`` (already serving it),
+    ``refused`` (invalid candidate, or nothing published), ``unavailable`` (the source
+    cannot be asked now: retry later) or ``error`` (a bug; logged with its traceback).
+    """
 
     reloaded: bool
     model_version: str | None
     previous_version: str | None
     detail: str
+    kind: ReloadKind = "swapped"
+
+
+def classify_failure(exc: BaseException) -> tuple[ReloadKind, str]:
+    """``(kind, short public reason)`` for an exception raised while getting a model."""
+    if isinstance(exc, ModelSourceUnavailableError):
+        return "unavailable", str(exc)
+    if isinstance(exc, ModelRefusedError):
+        return "refused", f"invalid model: {exc}"
+    if isinstance(exc, SkinMlopsError):  # our own one line: nothing published, bad export
+        return "refused", str(exc)
+    return "error", INTERNAL_LOAD_ERROR
 
 
 @dataclass
@@ -277,13 +330,13 @@ class ModelRuntime:
 
     Attributes:
         current: the model serving new requests (``None`` until the first load succeeds).
-        last_error: why the newest candidate was refused (``None`` when it serves).
+        last_error: why the newest candidate was refused, as a short reason safe to show
+            without authentication (``None`` when it serves). The full text is logged.
     """
 
     settings: Settings
     source: ModelSource
     metrics: ApiMetrics
-    on_swap: Callable[[LoadedModel], None] | None = None
     current: LoadedModel | None = None
     last_error: str | None = None
     _refused_key: str | None = None
@@ -292,28 +345,30 @@ class ModelRuntime:
     async def reload(self, *, force: bool = False) -> ReloadOutcome:
         """Load the source's current version if it is new (or ``force``), then swap.
 
-        Never raises for a bad candidate: the outcome says what happened.
+        Never raises for a bad candidate or an unreachable source: the outcome says what
+        happened.
         """
         async with self._lock:
             previous = self.current.version if self.current else None
             try:
                 key = await asyncio.to_thread(self.source.current_key)
             except Exception as exc:  # unreachable registry, missing folder...
-                return self._refuse(
-                    None, f"cannot locate a model at {self.source.description}: {exc}", previous
-                )
+                return self._refuse(None, exc, previous)
             if not force and self.current is not None and key == self.current.source_key:
-                return ReloadOutcome(False, previous, previous, "already serving the current model")
+                return ReloadOutcome(
+                    False, previous, previous, "already serving the current model", "unchanged"
+                )
             if not force and key == self._refused_key:
-                return ReloadOutcome(False, previous, previous, f"still refused: {self.last_error}")
+                return ReloadOutcome(
+                    False, previous, previous, f"still refused: {self.last_error}", "refused"
+                )
             try:
                 folder = await asyncio.to_thread(self.source.materialize, key)
                 candidate = await asyncio.to_thread(load_model, folder, key, self.settings)
             except Exception as exc:  # ModelRefusedError, download errors, anything unexpected
-                detail = (
-                    str(exc) if isinstance(exc, SkinMlopsError) else f"{type(exc).__name__}: {exc}"
-                )
-                return self._refuse(key, detail, previous)
+                # An unreachable source is retried at the next poll (no refused key).
+                unavailable = isinstance(exc, ModelSourceUnavailableError)
+                return self._refuse(None if unavailable else key, exc, previous)
             self.current = candidate  # the atomic swap
             self.last_error = None
             self._refused_key = None
@@ -326,8 +381,6 @@ class ModelRuntime:
                 if f"train_share_{label}" in signature.metrics
             }
             self.metrics.set_model(candidate.version, signature.backbone, shares)
-            if self.on_swap is not None:
-                self.on_swap(candidate)
             log.info(
                 "serving model %s (backbone %s) from %s; validated + warmed up in %.0f ms",
                 candidate.version,
@@ -337,25 +390,38 @@ class ModelRuntime:
             )
             return ReloadOutcome(True, candidate.version, previous, "model swapped in")
 
-    def _refuse(self, key: str | None, detail: str, previous: str | None) -> ReloadOutcome:
-        repeated = detail == self.last_error  # e.g. the link is still missing at every poll
-        self.last_error = detail
+    def _refuse(self, key: str | None, exc: BaseException, previous: str | None) -> ReloadOutcome:
+        kind, reason = classify_failure(exc)
+        repeated = reason == self.last_error  # e.g. the link is still missing at every poll
+        self.last_error = reason
         self._refused_key = key
         self.metrics.reload_failing.set(1)
+        verb = "unavailable" if kind == "unavailable" else "refused"
+        outcome = ReloadOutcome(False, previous, previous, f"{verb}: {reason}", kind)
         if repeated:
-            return ReloadOutcome(False, previous, previous, f"refused: {detail}")
+            return outcome
         self.metrics.reloads.labels(result="refused").inc()
+        if kind == "error":  # a bug: the traceback, for whoever reads the log
+            log.error("%s; still serving %s", reason, previous, exc_info=exc)
+            return outcome
+        cause = exc.__cause__  # e.g. ONNX Runtime's own message, for the log only
+        because = f" ({redact_text(f'{type(cause).__name__}: {cause}')[:500]})" if cause else ""
         if previous is None:
-            log.warning("no model to serve yet: %s", detail)
+            log.warning("no model to serve yet: %s%s", reason, because)
         else:
-            log.error("new model refused, still serving %s: %s", previous, detail)
-        return ReloadOutcome(False, previous, previous, f"refused: {detail}")
+            log.error("new model refused, still serving %s: %s%s", previous, reason, because)
+        return outcome
 
     async def poll_forever(self) -> None:
-        """Check the source every ``MODEL_POLL_SECONDS`` (cancel the task to stop)."""
+        """Check the source every ``MODEL_POLL_SECONDS`` (cancel the task to stop).
+
+        With polling off (0), the source is still retried every ``START_RETRY_SECONDS``
+        until a first model serves (a registry that was down at start-up), then the task
+        ends.
+        """
         interval = self.settings.model_poll_seconds
-        while True:
-            await asyncio.sleep(interval)
+        while interval > 0 or self.current is None:
+            await asyncio.sleep(interval if interval > 0 else START_RETRY_SECONDS)
             try:
                 await self.reload()
             except Exception:  # never let the poller die

@@ -4,35 +4,68 @@ The key of the source is ``<name>/<version>`` of the model version the alias (or
 version number) points at, asked from the registry on every poll: moving the alias
 ``champion`` to a new version makes the service load it.
 
-Training logs, for a registered version, the ONNX model, ``signature.json`` and
-``class_index.json`` (issue 3). We look for them, by file name, first among the registered
-model's own artifacts, then among its run's artifacts (a few levels deep), download only
-those three files (plus the ONNX model's external-data files beside it), and lay them out
-as an export folder under ``MODEL_CACHE_DIR/<name>-v<version>/`` (written to a temporary
-folder, then renamed), so
-loading and validating is the same code as for ``runs/skin5-current``.
+Only the **registered artifact of that version** is read: training registers its
+``mlflow.onnx`` model, which holds ``model.onnx`` and, as the flavour's ``extra_files``,
+the export's ``signature.json`` and ``class_index.json``. :func:`materialize` downloads it
+with ``mlflow.artifacts.download_artifacts("models:/<name>/<version>")``, refuses anything
+that is not an ONNX model with those two files, and lays it out as an export folder under
+``MODEL_CACHE_DIR/<name>/<version>-<sha256 of model.onnx>/`` (staged in a temporary folder,
+then renamed), so loading and validating is the same code as for ``runs/skin5-current``.
+The content hash in the name means a cached copy is only reused for the very same bytes
+(a registry rebuilt from scratch numbers its versions from 1 again).
+
+Failures are one of three errors with a short, redacted line (never MLflow's own text,
+which carries URLs and possibly credentials; that goes to the log):
+:class:`~skin_mlops.api.model_runtime.ModelSourceUnavailableError` (MLflow unreachable or
+refusing access: retried by the poller, 503 on ``/admin/reload``),
+:class:`~skin_mlops.api.model_runtime.ModelNotFoundError` (no such name, alias or version)
+and :class:`~skin_mlops.api.model_runtime.ModelRefusedError` (not a usable ONNX export).
+
+An HTTP tracking server is probed (``GET /health``, a few seconds) before every use, and
+MLflow's own HTTP retries are bounded (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and friends
+default to a few seconds here, not MLflow's ~4 minutes): the poller is the retry loop, and
+a start-up against a stopped server must not hang the service.
 
 Imports ``mlflow`` (``mlflow-skinny`` in the serve group) inside functions only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from skin_mlops import export_format
-from skin_mlops.core.errors import ConfigError, ServiceUnavailableError
+from skin_mlops.api.model_runtime import (
+    ModelNotFoundError,
+    ModelRefusedError,
+    ModelSourceUnavailableError,
+)
+from skin_mlops.api.redact import redact_text, redact_uri
+from skin_mlops.core.errors import ConfigError, SkinMlopsError
+
+log = logging.getLogger("skin_mlops.api.registry")
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-_WANTED = {
-    "model.onnx": export_format.ONNX_MODEL_FILE,
-    "signature.json": export_format.SIGNATURE_FILE,
-    "class_index.json": export_format.CLASS_INDEX_FILE,
+HEALTH_TIMEOUT_S = 3.0
+# MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s timeout) hold a reload
+# for minutes when the server is down; an operator's own environment values still win.
+_MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
-_MAX_DEPTH = 4
+_NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"}
+_ACCESS_CODES = {"PERMISSION_DENIED", "UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED"}
+_EXPORT_EXTRAS = {
+    export_format.SIGNATURE_FILE.name: export_format.SIGNATURE_FILE,
+    export_format.CLASS_INDEX_FILE.name: export_format.CLASS_INDEX_FILE,
+}
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -45,53 +78,9 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["alias"], match["version"]
 
 
-def _find_files(artifact_uri: str, tracking_uri: str) -> dict[str, str]:
-    """Map each wanted file name to the first artifact URI holding it (breadth first)."""
-    import mlflow.artifacts
-
-    found: dict[str, str] = {}
-    level = [""]
-    for _ in range(_MAX_DEPTH):
-        next_level: list[str] = []
-        for folder in level:
-            uri = f"{artifact_uri.rstrip('/')}/{folder}" if folder else artifact_uri
-            for info in mlflow.artifacts.list_artifacts(
-                artifact_uri=uri, tracking_uri=tracking_uri
-            ):
-                name = info.path.rsplit("/", 1)[-1]
-                relative = f"{folder}/{name}" if folder else name
-                if info.is_dir:
-                    next_level.append(relative)
-                elif name in _WANTED and name not in found:
-                    found[name] = f"{artifact_uri.rstrip('/')}/{relative}"
-                elif name.endswith(".onnx") and "model.onnx" not in found:
-                    found.setdefault("*.onnx", f"{artifact_uri.rstrip('/')}/{relative}")
-        level = next_level
-        if not level or len(found.keys() & _WANTED.keys()) == len(_WANTED):
-            break
-    if "model.onnx" not in found and "*.onnx" in found:
-        found["model.onnx"] = found["*.onnx"]
-    found.pop("*.onnx", None)
-    return found
-
-
-_NOT_ONNX_DATA = (".json", ".yaml", ".yml", ".txt", ".keras", ".h5", ".pb", ".onnx", "MLmodel")
-
-
-def _onnx_companions(onnx_uri: str, tracking_uri: str) -> list[str]:
-    """Files beside the ONNX model that may hold its external tensor data (``*.data``...).
-
-    MLflow's ONNX flavour saves large initializers as external data next to
-    ``model.onnx``; ONNX Runtime needs those files in the same folder.
-    """
-    import mlflow.artifacts
-
-    folder = onnx_uri.rsplit("/", 1)[0]
-    return [
-        f"{folder}/{info.path.rsplit('/', 1)[-1]}"
-        for info in mlflow.artifacts.list_artifacts(artifact_uri=folder, tracking_uri=tracking_uri)
-        if not info.is_dir and not info.path.endswith(_NOT_ONNX_DATA)
-    ]
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class RegistrySource:
@@ -99,17 +88,62 @@ class RegistrySource:
 
     def __init__(self, uri: str, tracking_uri: str, cache_dir: Path) -> None:
         self.name, self.alias, self.version = parse_model_uri(uri)
+        self.uri = uri
         self.tracking_uri = tracking_uri
         self.cache_dir = cache_dir
-        self.description = f"{uri} (MLflow at {tracking_uri})"
+        self.description = f"{uri} (MLflow at {redact_uri(tracking_uri)})"
+        self._last_warning: str | None = None
+        for key, value in _MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
 
     def _client(self):  # noqa: ANN202 - mlflow types are imported lazily
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def _warn(self, message: str) -> None:
+        """Log ``message`` once per outage (the poller asks every few seconds)."""
+        if message != self._last_warning:
+            self._last_warning = message
+            log.warning("%s", message)
+
+    def _check_reachable(self) -> None:
+        """Fail fast (seconds) when an HTTP tracking server does not answer its health URL."""
+        if urlsplit(self.tracking_uri).scheme not in ("http", "https"):
+            return
+        import httpx
+
+        try:
+            response = httpx.get(
+                self.tracking_uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            self._warn(
+                f"MLflow at {redact_uri(self.tracking_uri)} does not answer: "
+                + redact_text(f"{type(exc).__name__}: {exc}")
+            )
+            raise ModelSourceUnavailableError(
+                f"model source unreachable: {self.description}"
+            ) from None
+        if response.status_code >= 500:
+            raise ModelSourceUnavailableError(
+                f"model source unreachable: {self.description} answers HTTP {response.status_code}"
+            )
+
+    def _failure(self, exc: Exception, not_found: str) -> SkinMlopsError:
+        """The error (with a short public line) for an exception raised by MLflow."""
+        self._warn(f"MLflow call for {self.description} failed: {_describe(exc)}")
+        code = getattr(exc, "error_code", None)
+        if code in _NOT_FOUND_CODES:
+            return ModelNotFoundError(f"model not found: {not_found}")
+        if code in _ACCESS_CODES:
+            return ModelSourceUnavailableError(f"model source refused access: {self.description}")
+        return ModelSourceUnavailableError(f"model source unreachable: {self.description}")
+
     def current_key(self) -> str:
         """``<name>/<version>`` the alias points at now."""
+        self._check_reachable()
+        reference = f"@{self.alias}" if self.alias is not None else f" version {self.version}"
         try:
             client = self._client()
             if self.alias is not None:
@@ -117,55 +151,96 @@ class RegistrySource:
             else:
                 version = client.get_model_version(self.name, str(self.version))
         except Exception as exc:  # MlflowException, connection errors
-            raise ServiceUnavailableError(
-                f"MLflow registry has no {self.name}@{self.alias or self.version}: {exc}"
+            raise self._failure(
+                exc, f"the registry has no {self.name}{reference} ({self.description})"
             ) from None
+        self._last_warning = None  # MLflow answers again: log the next outage
         return f"{self.name}/{version.version}"
 
     def materialize(self, key: str) -> Path:
-        """Download the export files of ``key`` into a cache folder laid out like an export."""
-        name, version = key.rsplit("/", 1)
-        target = self.cache_dir / f"{name}-v{version}"
-        if (target / export_format.SIGNATURE_FILE).is_file():
-            return target
+        """Download version ``key``'s registered ONNX model; its export folder in the cache."""
         import mlflow.artifacts
 
-        client = self._client()
-        model_version = client.get_model_version(name, version)
-        found = _find_files(client.get_model_version_download_uri(name, version), self.tracking_uri)
-        if model_version.run_id and len(found) < len(_WANTED):
-            run_artifacts = client.get_run(model_version.run_id).info.artifact_uri
-            run_files = _find_files(run_artifacts, self.tracking_uri)
-            found = {**run_files, **found}
-        missing = sorted(_WANTED.keys() - found.keys())
-        if missing:
-            raise ServiceUnavailableError(
-                f"registered model {key} has no {', '.join(missing)} among its artifacts "
-                f"or its run's"
-            )
-        downloads = [(uri, _WANTED[file_name]) for file_name, uri in found.items()]
-        downloads += [
-            (uri, export_format.ONNX_MODEL_FILE.parent / uri.rsplit("/", 1)[-1])
-            for uri in _onnx_companions(found["model.onnx"], self.tracking_uri)
-        ]
+        name, version = key.rsplit("/", 1)
+        self._check_reachable()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=self.cache_dir))
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=self.cache_dir))
         try:
-            for artifact_uri, relative in downloads:
+            try:
                 downloaded = Path(
                     mlflow.artifacts.download_artifacts(
-                        artifact_uri=artifact_uri,
+                        artifact_uri=f"models:/{name}/{version}",
                         dst_path=str(staging / "download"),
                         tracking_uri=self.tracking_uri,
+                        registry_uri=self.tracking_uri,
                     )
                 )
-                destination = staging / relative
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(downloaded, destination)
-            shutil.rmtree(staging / "download", ignore_errors=True)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            except Exception as exc:  # MlflowException, connection errors, OSError
+                raise self._failure(
+                    exc, f"the registered artifact of {key} is gone ({self.description})"
+                ) from None
+            export = _export_from_onnx_artifact(downloaded, staging / "export", key)
+            digest = _sha256(export / export_format.ONNX_MODEL_FILE)
+            target = self.cache_dir / name / f"{version}-{digest}"
+            if not (target / export_format.SIGNATURE_FILE).is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():  # an incomplete copy (cannot happen with the rename)
+                    shutil.rmtree(target)
+                os.replace(export, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, redacted, on one line, bounded (for the log)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return redact_text(text)[:500]
+
+
+def _export_from_onnx_artifact(artifact: Path, export: Path, key: str) -> Path:
+    """Lay a downloaded ``mlflow.onnx`` model folder out as an export folder at ``export``.
+
+    Raises:
+        ModelRefusedError: not an ONNX model, or without the export's metadata files.
+    """
+    from mlflow.models import Model
+
+    try:
+        flavors = Model.load(str(artifact)).flavors
+    except Exception as exc:  # no MLmodel file, or not YAML
+        log.warning("registered artifact of %s has no readable MLmodel: %s", key, _describe(exc))
+        raise ModelRefusedError(f"{key}: the registered artifact is not an MLflow model") from None
+    onnx_flavor = flavors.get("onnx")
+    if not isinstance(onnx_flavor, dict) or not onnx_flavor.get("data"):
+        raise ModelRefusedError(
+            f"{key} is not an ONNX model (flavours: {', '.join(sorted(flavors)) or 'none'})"
+        )
+    data = (artifact / str(onnx_flavor["data"])).resolve()
+    if not data.is_file() or not data.is_relative_to(artifact.resolve()):
+        raise ModelRefusedError(f"{key}: the ONNX flavour's model file is missing")
+    extras: dict[str, Path] = {}
+    for entry in onnx_flavor.get("extra_files") or []:
+        if not isinstance(entry, dict):
+            continue
+        path = (artifact / str(entry.get("path", ""))).resolve()
+        if path.is_file() and path.is_relative_to(artifact.resolve()):
+            extras.setdefault(path.name, path)
+    missing = sorted(set(_EXPORT_EXTRAS) - set(extras))
+    if missing:
+        raise ModelRefusedError(
+            f"{key}: the registered ONNX model has no {' and '.join(missing)} among its "
+            "extra files (training logs them with mlflow.onnx.log_model(extra_files=...))"
+        )
+    for file_name, relative in _EXPORT_EXTRAS.items():
+        destination = export / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(extras[file_name], destination)
+    # The ONNX file and what sits beside it (external tensor data) become model/.
+    model_dir = export / export_format.ONNX_MODEL_FILE.parent
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for item in data.parent.iterdir():
+        if item.is_file():
+            name = export_format.ONNX_MODEL_FILE.name if item == data else item.name
+            shutil.move(item, model_dir / name)
+    return export

@@ -8,29 +8,58 @@ The prediction path for one uploaded file, as :func:`predict_upload` runs it:
    :mod:`skin_mlops.preprocessing` - the module training used - with the bomb guard
    ``MAX_IMAGE_PIXELS``; its typed errors become 415 / 422 / 413;
 3. the micro-batcher runs the model; probabilities are ``softmax(logits / temperature)``.
+
+Whose fault a failure is, in the status code: the client's image 413 / 415 / 422; the
+server's state 503 with ``Retry-After`` (no model yet, ``MAX_QUEUED_IMAGES`` reached, out
+of memory, shutting down); a bug 500 (generic body with the request id, traceback in the
+log: :class:`~skin_mlops.api.middleware.RequestIdMiddleware`).
+
+:func:`until_disconnected` runs a route's work while watching the connection: a client
+that goes away cancels it, so its images leave the batcher's queue before the model runs
+(nothing is computed for nobody); the request ends as 499 in the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
 from fastapi import Depends, HTTPException, Request, UploadFile
 
 from skin_mlops import preprocessing
-from skin_mlops.api.batching import BatcherStoppedError, MicroBatcher
+from skin_mlops.api.batching import (
+    BatcherOverloadedError,
+    BatcherStoppedError,
+    BatchFailedError,
+    MicroBatcher,
+)
 from skin_mlops.api.metrics import ApiMetrics
-from skin_mlops.api.model_runtime import LoadedModel, ModelRuntime
+from skin_mlops.api.model_runtime import LoadedModel, ModelRuntime, retry_after_s
 from skin_mlops.api.schemas import LabelProbability, Prediction
 from skin_mlops.core.config import Settings
 
 log = logging.getLogger("skin_mlops.api")
+T = TypeVar("T")
+RETRY_AFTER_S = 1
+CLIENT_CLOSED_REQUEST = 499  # nginx's code: the client went away before the answer
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before its answer was ready (nothing is sent)."""
+
+
+def unavailable(detail: str, after_s: float = RETRY_AFTER_S) -> HTTPException:
+    """A 503 that tells the client when to try again (``Retry-After``, whole seconds)."""
+    return HTTPException(503, detail, headers={"Retry-After": str(max(1, round(after_s)))})
+
 
 _IMAGE_ERROR_STATUS: tuple[tuple[type[preprocessing.ImageError], int], ...] = (
     (preprocessing.EmptyImageError, 422),
@@ -65,8 +94,37 @@ def require_model(services: Services) -> LoadedModel:
     model = services.runtime.current
     if model is None:
         reason = services.runtime.last_error or "the model is still loading"
-        raise HTTPException(503, f"no model is loaded yet: {reason}")
+        raise unavailable(f"no model is loaded yet: {reason}", retry_after_s(services.settings))
     return model
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return once the client has gone (the body is already read: nothing else arrives)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it and raise :class:`ClientDisconnectedError` if the client goes.
+
+    Cancelling the work cancels its batcher futures, so its images are dropped from the
+    queue (a model call already running for them finishes, its result unused).
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task  # let it unwind: reservations released, futures cancelled
+        watcher.cancel()
+    if task.cancelled():
+        raise ClientDisconnectedError
+    return task.result()
 
 
 async def read_upload(upload: UploadFile, limit: int) -> bytes:
@@ -90,7 +148,9 @@ def _preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
             if isinstance(exc, error_type):
                 raise HTTPException(status, str(exc)) from None
         raise HTTPException(422, str(exc)) from None
-    except Exception as exc:  # a decoder edge case (MemoryError too): still the client's image
+    except MemoryError:  # the server's state, not the image (pixel bombs are refused above)
+        raise unavailable("the server is out of memory; retry in a moment") from None
+    except Exception as exc:  # a decoder edge case: still the client's image
         log.warning(
             "image rejected by an unexpected decoder error: %s: %s", type(exc).__name__, exc
         )
@@ -137,15 +197,23 @@ async def predict_bytes(services: Services, data: bytes, top_k: int) -> Predicti
     model = require_model(services)
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
-    with services.batcher.reserve() as reservation:
+    try:
+        reservation = services.batcher.reserve()
+    except (BatcherStoppedError, BatcherOverloadedError) as exc:
+        raise unavailable(str(exc)) from None
+    with reservation:
         pixels = await loop.run_in_executor(
             services.preprocess_pool,
             partial(_preprocess, data, model.image_size, services.settings.max_image_pixels),
         )
         try:
             result = await services.batcher.submit(model, pixels, reservation)
-        except BatcherStoppedError as exc:
-            raise HTTPException(503, str(exc)) from None
+        except (BatcherStoppedError, BatcherOverloadedError) as exc:
+            raise unavailable(str(exc)) from None
+        except BatchFailedError as exc:
+            if exc.out_of_memory:
+                raise unavailable(str(exc)) from None
+            raise  # a bug: 500 with the request id (RequestIdMiddleware)
     elapsed_ms = (time.perf_counter() - started) * 1000
     return build_prediction(
         services, result.model, result.probabilities, top_k, elapsed_ms, result.batch_size

@@ -2,7 +2,9 @@
 
 Disabled (403) unless ``ADMIN_TOKEN`` is set; a missing or wrong token is 401. The reload
 is forced (the current source version is loaded even if it looks unchanged), validated and
-warmed up off to the side; a refused model answers 409 and the old model keeps serving.
+warmed up off to the side; a refused model (or nothing published) answers 409, a source
+that cannot be asked now (MLflow unreachable) 503 with ``Retry-After``, an internal error
+500; in each case the old model keeps serving.
 Polling (``MODEL_POLL_SECONDS``) does the same automatically when the source changes.
 """
 
@@ -14,8 +16,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from skin_mlops.api.middleware import current_request_id, internal_error_detail
+from skin_mlops.api.model_runtime import retry_after_s
 from skin_mlops.api.schemas import ErrorResponse, ReloadResult
-from skin_mlops.api.services import ServicesDep
+from skin_mlops.api.services import ServicesDep, unavailable
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 _bearer = HTTPBearer(auto_error=False, description="the ADMIN_TOKEN setting")
@@ -48,6 +52,10 @@ def require_admin(
             "model": ErrorResponse,
             "description": "the new model was refused; the old one serves",
         },
+        503: {
+            "model": ErrorResponse,
+            "description": "the model source (MLflow) is unreachable; the old model serves",
+        },
     },
 )
 async def reload_model(services: ServicesDep) -> ReloadResult:
@@ -55,6 +63,11 @@ async def reload_model(services: ServicesDep) -> ReloadResult:
     outcome = await services.runtime.reload(force=True)
     if not outcome.reloaded:
         serving = f"; still serving {outcome.previous_version}" if outcome.previous_version else ""
+        if outcome.kind == "unavailable":
+            retry = retry_after_s(services.settings)
+            raise unavailable(f"new model {outcome.detail}{serving}", retry)
+        if outcome.kind == "error":
+            raise HTTPException(500, f"{internal_error_detail(current_request_id())}{serving}")
         raise HTTPException(409, f"new model {outcome.detail}{serving}")
     return ReloadResult(
         reloaded=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from skin_mlops.api.redact import redact_text
 from skin_mlops.api.schemas import ErrorResponse, ModelInfo
 from skin_mlops.api.services import ServicesDep, require_model
 
@@ -25,7 +26,7 @@ async def model_info(services: ServicesDep) -> ModelInfo:
         preprocessing_id=signature.preprocessing_id,
         metrics=signature.metrics,
         created_at=signature.created_at,
-        source=services.runtime.source.description,
+        source=redact_text(services.runtime.source.description),
         loaded_at=model.loaded_at,
         warmup_ms=round(model.warmup_ms, 1),
         last_reload_error=services.runtime.last_error,

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 
 from skin_mlops.api.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
-from skin_mlops.api.services import ServicesDep, predict_bytes, read_upload
+from skin_mlops.api.services import (
+    ServicesDep,
+    predict_bytes,
+    read_upload,
+    until_disconnected,
+)
 
 router = APIRouter(tags=["prediction"])
 
@@ -17,7 +22,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     413: {"model": ErrorResponse, "description": "file or body too large, or too many pixels"},
     415: {"model": ErrorResponse, "description": "not a JPEG/PNG image"},
     422: {"model": ErrorResponse, "description": "empty, corrupt or truncated image; bad request"},
-    503: {"model": ErrorResponse, "description": "no model loaded yet"},
+    503: {
+        "model": ErrorResponse,
+        "description": "no model loaded yet, too many images queued, out of memory or "
+        "shutting down (see Retry-After)",
+    },
 }
 TopK = Annotated[
     int, Query(ge=1, le=100, description="how many labels to rank (capped at the label count)")
@@ -26,17 +35,19 @@ TopK = Annotated[
 
 @router.post("/predict", response_model=Prediction, responses=_ERRORS)
 async def predict(
+    request: Request,
     file: Annotated[UploadFile, File(description="one JPEG or PNG photo")],
     services: ServicesDep,
     top_k: TopK = 3,
 ) -> Prediction:
     """Classify one photo: the top label, its calibrated confidence and the top-k ranking."""
     data = await read_upload(file, services.settings.max_upload_bytes)
-    return await predict_bytes(services, data, top_k)
+    return await until_disconnected(request, predict_bytes(services, data, top_k))
 
 
 @router.post("/predict/batch", response_model=BatchPrediction, responses=_ERRORS)
 async def predict_batch(
+    request: Request,
     files: Annotated[list[UploadFile], File(description="several JPEG or PNG photos")],
     services: ServicesDep,
     top_k: TopK = 3,
@@ -61,6 +72,15 @@ async def predict_batch(
             )
         return BatchItem(index=index, filename=filename, status_code=200, prediction=prediction)
 
-    items = await asyncio.gather(*(one(i, f) for i, f in enumerate(files)))
+    async def every() -> list[BatchItem]:
+        tasks = [asyncio.ensure_future(one(i, f)) for i, f in enumerate(files)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # a 503 / 500 for one file is the request's: stop the others
+            for task in tasks:
+                task.cancel()
+            raise
+
+    items = await until_disconnected(request, every())
     succeeded = sum(item.prediction is not None for item in items)
-    return BatchPrediction(items=list(items), succeeded=succeeded, failed=len(items) - succeeded)
+    return BatchPrediction(items=items, succeeded=succeeded, failed=len(items) - succeeded)
