@@ -1,6 +1,6 @@
 # Tasks of the project; every one runs through uv. `make` or `make help` lists them.
 .DEFAULT_GOAL := help
-.PHONY: help install lint format typecheck check test test-slow ci bench-serve bench-train bench-webapp bench-dags
+.PHONY: help install lint format typecheck check test test-slow test-model up ci bench-serve bench-train bench-webapp bench-dags
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ test: ## the fast suite (the README's test command)
 
 test-slow: ## crash loops, real servers, Airflow standalone
 	uv run pytest -m slow
+
+test-model: ## model + data suites on runs/skin5-current and data/raw
+	uv run pytest -m "model or data" --model-source=runs/skin5-current --data-dir=data/raw
+
+up: ## the whole platform on this machine (MLflow, API, web app, Prometheus)
+	uv run skin-mlops up
 
 ci: ## what CI runs: tools, checks, both suites
 	bash .ci/run
