@@ -153,3 +153,28 @@ def test_pipeline_ingests_trains_and_exports_from_a_fresh_folder(tmp_path: Path)
     assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr
     assert "Traceback" not in result.stderr
     shutil.rmtree(workdir / ".cache", ignore_errors=True)
+
+
+def test_an_mlflow_error_is_one_line_and_a_bug_keeps_its_trace(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from skin_mlops import cli
+
+    def refuse() -> None:
+        raise MlflowException("When an mlflow-artifacts URI was supplied, the tracking URI\nmust")
+
+    monkeypatch.setattr(cli, "app", refuse)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: MLflow: When an mlflow-artifacts URI was supplied, the tracking URI"
+
+    def bug() -> None:
+        raise ZeroDivisionError("ours")
+
+    monkeypatch.setattr(cli, "app", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main()

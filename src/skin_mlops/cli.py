@@ -96,6 +96,16 @@ def main() -> None:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         sys.exit(130)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("mlflow."):
+            raise  # a bug of ours: keep the trace
+        # MLflow refusing or unreachable is the tracking service's answer, not our bug: one
+        # line, its first (e.g. an experiment whose artifacts need the server it was made on).
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        Console(stderr=True).print(
+            f"[bold red]error:[/] MLflow: {first}", highlight=False, soft_wrap=True
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":
