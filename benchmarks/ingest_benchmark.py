@@ -7,10 +7,13 @@ Usage (from the repo root)::
 1. Generates (once, cached under ``benchmarks/out/jpeg<N>/``) N distinct 640x480 JPEGs in
    ``data/raw/<split>/<label>/`` (80 % train, 20 % val, 5 labels), photo-like in size.
 2. Baseline, page cache warm: ``sha256sum`` of every file, then ``cp -r`` of the folder.
-3. First ingestion into a fresh local object store (in-process :func:`run_ingestion`).
-   Target: within 2x of the baseline.
-4. No-change rerun, in-process and through the ``skin-mlops ingest`` CLI.
-   Target: at least 20x faster than the first run.
+3. Through the ``skin-mlops ingest`` CLI, default mode (``--verify structure``): a first
+   run into a fresh local object store, then a no-change rerun. Target: the rerun at least
+   20x faster than the first run **in the same mode**. The CLI's fixed cost (interpreter
+   start-up + imports, timed as ``skin-mlops ingest --help``, median of 3) is reported
+   apart, and the ratio is also given without it.
+4. The same pair in-process (:func:`run_ingestion`, no start-up at all), in both modes
+   (``structure`` and ``decode``); the first run's target: within 2x of the baseline.
 5. ``--pools``: the check stage (read + SHA-256 + decode) over 2,000 files with 1 thread,
    N threads and a 2-process pool, to show which pool pays on this machine.
 
@@ -175,6 +178,16 @@ def run_cli(config: Path, objects: Path, work: Path) -> float:
     return time.perf_counter() - started
 
 
+def run_cli_help(work: Path) -> float:
+    """Wall time of ``skin-mlops ingest --help``: interpreter start-up + the CLI's imports."""
+    script = Path(sys.executable).with_name("skin-mlops")
+    started = time.perf_counter()
+    subprocess.run(
+        [str(script), "ingest", "--help"], check=True, cwd=work, stdout=subprocess.DEVNULL
+    )
+    return time.perf_counter() - started
+
+
 def _check(path: str) -> str:
     from skin_mlops.ingestion.verify import check_file
 
@@ -208,7 +221,9 @@ def plot(figures: dict[str, float], path: Path) -> None:
     names, seconds = list(figures), list(figures.values())
     fig, ax = plt.subplots(figsize=(8, 3.8))
     bars = ax.barh(
-        names, seconds, color=["#888", "#888", "#2a7", "#27a", "#3b9", "#a72"][: len(names)]
+        names,
+        seconds,
+        color=["#888", "#888", "#2a7", "#27a", "#3b9", "#bbb", "#a72"][: len(names)],
     )
     ax.bar_label(bars, labels=[f"{s:.2f}s" for s in seconds], padding=3)
     ax.invert_yaxis()
@@ -241,22 +256,29 @@ def main(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (hashing, hashing_cpu), (copying, copying_cpu) = baseline(raw, work)
-    config = write_config(work, raw)
-    objects = work / "objects"
-    first, first_wall, first_cpu = run_in_process(config, objects)
-    assert first.uploaded == len(files) and not first.failed, first.totals()
-    rerun, rerun_wall, rerun_cpu = run_in_process(config, objects)
-    assert rerun.uploaded == 0 and rerun.totals().unchanged == len(files)
-    cli_rerun = run_cli(config, objects, work)
-    structure_work = work / "verify-structure"
-    structure_work.mkdir()
-    fast, fast_wall, fast_cpu = run_in_process(
-        write_config(structure_work, raw), structure_work / "objects", verify="structure"
-    )
-    assert fast.uploaded == len(files) and not fast.failed, fast.totals()
-
-    base = hashing + copying
     base, base_cpu = hashing + copying, hashing_cpu + copying_cpu
+
+    # through the CLI, default mode (structure): first run, then the no-change rerun
+    cli_work = work / "cli"
+    cli_work.mkdir()
+    cli_config = write_config(cli_work, raw)
+    startup = sorted(run_cli_help(cli_work) for _ in range(3))[1]
+    cli_first = run_cli(cli_config, cli_work / "objects", cli_work)
+    cli_rerun = run_cli(cli_config, cli_work / "objects", cli_work)
+
+    # in-process, each mode: first run into a fresh store, then the no-change rerun
+    in_process: dict[str, tuple[float, float, float, float]] = {}
+    for mode in ("structure", "decode"):
+        mode_work = work / f"in-process-{mode}"
+        mode_work.mkdir()
+        config = write_config(mode_work, raw)
+        objects = mode_work / "objects"
+        first, first_wall, first_cpu = run_in_process(config, objects, verify=mode)
+        assert first.uploaded == len(files) and not first.failed, first.totals()
+        rerun, rerun_wall, rerun_cpu = run_in_process(config, objects, verify=mode)
+        assert rerun.uploaded == 0 and rerun.totals().unchanged == len(files)
+        in_process[mode] = (first_wall, first_cpu, rerun_wall, rerun_cpu)
+
     load = os.getloadavg()[0]
     table = Table(
         title=f"Ingestion benchmark: {len(files)} JPEGs {WIDTH}x{HEIGHT}, "
@@ -268,35 +290,40 @@ def main(
     table.add_row("cp -r (all files)", f"{copying:.2f}", f"{copying_cpu:.2f}", "")
     table.add_row("baseline = sha256sum + cp", f"{base:.2f}", f"{base_cpu:.2f}", "1.00x")
     table.add_row(
-        f"first ingestion ({first_cpu / first_wall:.2f} cores busy)",
-        f"{first_wall:.2f}",
-        f"{first_cpu:.2f}",
-        f"{first_wall / base:.2f}x baseline wall (target <= 2x)",
+        "`skin-mlops ingest --help` (start-up + imports)", f"{startup:.2f}", "", "median of 3"
     )
     table.add_row(
-        f"first ingestion, --verify structure ({fast_cpu / fast_wall:.2f} cores busy)",
-        f"{fast_wall:.2f}",
-        f"{fast_cpu:.2f}",
-        f"{fast_wall / base:.2f}x baseline wall",
+        "CLI first run (default --verify structure)",
+        f"{cli_first:.2f}",
+        "",
+        f"{cli_first / base:.2f}x baseline wall",
     )
     table.add_row(
-        "no-change rerun, in-process",
-        f"{rerun_wall:.3f}",
-        f"{rerun_cpu:.2f}",
-        f"{first_wall / rerun_wall:.0f}x faster than first (target >= 20x)",
-    )
-    table.add_row(
-        "no-change rerun, `skin-mlops ingest` CLI",
+        "CLI no-change rerun (same mode)",
         f"{cli_rerun:.2f}",
         "",
-        f"{first_wall / cli_rerun:.1f}x faster (includes interpreter start)",
+        f"{cli_first / cli_rerun:.1f}x faster than the CLI first run (target >= 20x); "
+        f"{(cli_first - startup) / max(cli_rerun - startup, 1e-3):.0f}x without start-up",
     )
+    for mode, (first_wall, first_cpu, rerun_wall, rerun_cpu) in in_process.items():
+        table.add_row(
+            f"in-process first run, --verify {mode} ({first_cpu / first_wall:.2f} cores busy)",
+            f"{first_wall:.2f}",
+            f"{first_cpu:.2f}",
+            f"{first_wall / base:.2f}x baseline wall (target <= 2x)",
+        )
+        table.add_row(
+            f"in-process no-change rerun, --verify {mode}",
+            f"{rerun_wall:.3f}",
+            f"{rerun_cpu:.2f}",
+            f"{first_wall / rerun_wall:.0f}x faster than its first run",
+        )
     console.print(table)
     cores = os.cpu_count() or 1
-    for name, cpu in (("decode", first_cpu), ("structure", fast_cpu)):
+    for mode, (_, cpu, _, _) in in_process.items():
         ideal = cpu / cores
         console.print(
-            f"Idle-machine estimate, --verify {name}: {cpu:.1f} CPU-s spread on {cores} cores "
+            f"Idle-machine estimate, --verify {mode}: {cpu:.1f} CPU-s spread on {cores} cores "
             f"= {ideal:.2f}s wall = {ideal / base_cpu:.2f}x the single-threaded baseline's "
             f"{base_cpu:.2f} CPU-s."
         )
@@ -308,10 +335,30 @@ def main(
         "sha256sum": hashing,
         "cp -r": copying,
         "baseline total": base,
-        "first ingestion": first_wall,
-        "first, verify=structure": fast_wall,
-        "no-change rerun": rerun_wall,
+        "CLI first (structure)": cli_first,
+        "CLI rerun (structure)": cli_rerun,
+        "CLI start-up": startup,
+        "first, verify=decode": in_process["decode"][0],
     }
+    (OUT / "ingest_benchmark.json").write_text(
+        json.dumps(
+            {
+                "files": len(files),
+                "cpus": os.cpu_count(),
+                "baseline_s": base,
+                "cli_startup_s": startup,
+                "cli_first_s": cli_first,
+                "cli_rerun_s": cli_rerun,
+                "in_process": {
+                    mode: dict(
+                        zip(("first_s", "first_cpu_s", "rerun_s", "rerun_cpu_s"), v, strict=True)
+                    )
+                    for mode, v in in_process.items()
+                },
+            },
+            indent=2,
+        )
+    )
     if pools:
         rates = compare_pools(files[:2000])
         pools = Table(title="check stage (read + SHA-256 + decode), 2,000 files")

@@ -1,4 +1,4 @@
-"""Serving speed: this service vs a naive Keras FastAPI handler vs ``mlflow models serve``.
+"""Serving speed: this service vs ``mlflow models serve`` of the same ONNX, side by side.
 
 Same model, same machine, one run, loopback only. For each server:
 
@@ -10,16 +10,22 @@ Same model, same machine, one run, loopback only. For each server:
 
 Servers (each a single process with default settings):
 
-* ``skin-mlops serve`` - this service (ONNX Runtime, micro-batching);
+* ``service`` - ``skin-mlops serve`` (ONNX Runtime, micro-batching, multipart JPEG);
+* ``service-b1`` - the same with ``MAX_BATCH_SIZE=1``: what micro-batching adds;
+* ``mlflow-pyfunc`` - **the baseline a user would build with MLflow**: ``mlflow models
+  serve`` (``--env-manager local``, 1 worker) of an MLflow pyfunc
+  (``benchmarks/mlflow_onnx_pyfunc.py``) wrapping the *same* ONNX file with the same ONNX
+  Runtime session options, the same ``preprocess_bytes`` and the same calibrated softmax;
+  its JSON carries the JPEG as base64 (``dataframe_split``), encoded before timing;
 * ``naive`` - ``benchmarks/naive_keras_server.py``: Keras ``model.predict`` in the handler;
-* ``mlflow models serve`` of the same Keras model (logged to a temp MLflow store under
-  ``benchmarks/out/mlflow-bench``, served with ``--env-manager local``, 1 worker). Its
-  input is a JSON tensor, so the client preprocesses each photo with the same
-  ``preprocess_bytes`` and sends ``{"inputs": [...]}``. That JSON is built *before* timing:
-  MLflow's figures do not include the client's decode/resize (this favours MLflow).
+* ``mlflow`` - ``mlflow models serve`` of the Keras model (``mlflow.keras``). Its input is
+  a JSON tensor, so the client preprocesses each photo with the same ``preprocess_bytes``
+  and sends ``{"inputs": [...]}``, built *before* timing (this favours MLflow).
 
-Prints a side-by-side table, writes ``benchmarks/out/serve_benchmark.json`` and a PNG.
-Run: ``uv run python benchmarks/serve_benchmark.py [--export runs/skin5-current]``
+Prints a side-by-side table and each server's ratio to this service, writes
+``benchmarks/out/serve_benchmark.json`` and a PNG.
+Run: ``uv run python benchmarks/serve_benchmark.py [--export runs/skin5-current]
+[--only service service-b1 mlflow-pyfunc]``
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from serve_common import (  # noqa: E402
 )
 
 CONCURRENCY = (1, 8, 32)
-console = Console()
+console = Console(width=160)
 
 
 def multipart_sender(payloads: list[bytes]):  # noqa: ANN201
@@ -181,7 +187,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-SERVERS = ("service", "naive", "mlflow")
+SERVERS = ("service", "service-b1", "naive", "mlflow-pyfunc", "mlflow")
+
+
+def base64_dataframe_sender(payloads: list[bytes]):  # noqa: ANN201
+    """POST /invocations: ``dataframe_split`` with one base64 JPEG (the pyfunc's input)."""
+
+    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
+        body = payloads[index % len(payloads)]
+        return await client.post(
+            "/invocations", content=body, headers={"content-type": "application/json"}
+        )
+
+    return send
 
 
 def main(
@@ -195,11 +213,14 @@ def main(
     ] = 100,
     only: Annotated[
         list[str] | None,
-        typer.Option(help="Servers to run, a subset of: --only service naive mlflow."),
+        typer.Option(
+            help="Servers to run, a subset of: --only service service-b1 naive mlflow-pyfunc "
+            "mlflow."
+        ),
     ] = None,
     more_only: Annotated[list[str] | None, typer.Argument(hidden=True, metavar="SERVER")] = None,
 ) -> None:
-    """Compare the API with a naive Keras server and MLflow's server under load."""
+    """Compare the API with MLflow's server (pyfunc on the same ONNX), no batching, naive Keras."""
     # ``--only service naive``: Click gives the option the first value and the rest as
     # (hidden) arguments; join them back, in order (as ``skin-mlops ingest --splits`` does).
     wanted = [w for value in [*(only or []), *(more_only or [])] for w in value.split(",") if w]
@@ -216,31 +237,60 @@ def main(
     rows = []
     venv_bin = Path(sys.executable).parent
 
+    def bench(server: Server, send, progress: Progress) -> None:  # noqa: ANN001
+        try:
+            rows.append(
+                summarize(server.name, measure(server, send, progress, seconds, latency_requests))
+            )
+        finally:
+            server.stop()
+
+    def service(name: str, extra_env: dict[str, str]) -> Server:
+        port = free_port()
+        return start_server(
+            name,
+            [str(venv_bin / "skin-mlops"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            port,
+            "/ready",
+            {"MODEL_SOURCE": str(export), "MODEL_POLL_SECONDS": "0", **extra_env},
+        )
+
+    def mlflow_serve(name: str, model_uri: str, tracking_uri: str) -> Server:
+        port = free_port()
+        return start_server(
+            name,
+            [
+                str(venv_bin / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "--env-manager",
+                "local",
+            ],
+            port,
+            "/ping",
+            # it execs `uvicorn` by name: this venv's bin first, also without `uv run`
+            {
+                "MLFLOW_TRACKING_URI": tracking_uri,
+                "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+        )
+
     with Progress(console=console, transient=True) as progress:
         if "service" in wanted:
-            port = free_port()
-            server = start_server(
-                "skin-mlops serve",
-                [str(venv_bin / "skin-mlops"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                port,
-                "/ready",
-                {"MODEL_SOURCE": str(export), "MODEL_POLL_SECONDS": "0"},
+            bench(service("skin-mlops serve", {}), multipart_sender(photo_bytes), progress)
+
+        if "service-b1" in wanted:
+            bench(
+                service("skin-mlops serve, MAX_BATCH_SIZE=1", {"MAX_BATCH_SIZE": "1"}),
+                multipart_sender(photo_bytes),
+                progress,
             )
-            try:
-                rows.append(
-                    summarize(
-                        server.name,
-                        measure(
-                            server,
-                            multipart_sender(photo_bytes),
-                            progress,
-                            seconds,
-                            latency_requests,
-                        ),
-                    )
-                )
-            finally:
-                server.stop()
 
         if "naive" in wanted:
             port = free_port()
@@ -258,21 +308,35 @@ def main(
                 "/ready",
                 {},
             )
-            try:
-                rows.append(
-                    summarize(
-                        server.name,
-                        measure(
-                            server,
-                            multipart_sender(photo_bytes),
-                            progress,
-                            seconds,
-                            latency_requests,
-                        ),
-                    )
-                )
-            finally:
-                server.stop()
+            bench(server, multipart_sender(photo_bytes), progress)
+
+        if "mlflow-pyfunc" in wanted:
+            import base64
+
+            from mlflow_onnx_pyfunc import log_pyfunc
+
+            task = progress.add_task("mlflow-pyfunc: logging the ONNX pyfunc", total=None)
+            store = OUT / "mlflow-bench"
+            store.mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+            model_uri = log_pyfunc(export, tracking_uri, store / "artifacts-pyfunc")
+            bodies = [
+                json.dumps(
+                    {
+                        "dataframe_split": {
+                            "columns": ["image"],
+                            "data": [[base64.b64encode(data).decode("ascii")]],
+                        }
+                    }
+                ).encode()
+                for data in photo_bytes
+            ]
+            progress.remove_task(task)
+            bench(
+                mlflow_serve("mlflow models serve (ONNX pyfunc)", model_uri, tracking_uri),
+                base64_dataframe_sender(bodies),
+                progress,
+            )
 
         if "mlflow" in wanted:
             from skin_mlops.export_format import read_signature
@@ -288,45 +352,11 @@ def main(
                 for data in photo_bytes[:64]
             ]
             progress.remove_task(task)
-            port = free_port()
-            server = start_server(
-                "mlflow models serve",
-                [
-                    str(venv_bin / "mlflow"),
-                    "models",
-                    "serve",
-                    "-m",
-                    model_uri,
-                    "-p",
-                    str(port),
-                    "-h",
-                    "127.0.0.1",
-                    "--env-manager",
-                    "local",
-                ],
-                port,
-                "/ping",
-                # it execs `uvicorn` by name: this venv's bin first, also without `uv run`
-                {
-                    "MLFLOW_TRACKING_URI": tracking_uri,
-                    "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-                },
+            bench(
+                mlflow_serve("mlflow models serve (Keras)", model_uri, tracking_uri),
+                json_tensor_sender(bodies),
+                progress,
             )
-            try:
-                rows.append(
-                    summarize(
-                        server.name,
-                        measure(
-                            server,
-                            json_tensor_sender(bodies),
-                            progress,
-                            seconds,
-                            latency_requests,
-                        ),
-                    )
-                )
-            finally:
-                server.stop()
 
     table = Table(title=f"serving benchmark - {model_description}")
     for column in (
@@ -355,14 +385,21 @@ def main(
         )
     console.print(table)
     by_name = {r["server"]: r for r in rows}
-    if "skin-mlops serve" in by_name and "mlflow models serve" in by_name:
-        ratio = by_name["skin-mlops serve"]["rps_c32"] / by_name["mlflow models serve"]["rps_c32"]
-        console.print(
-            f"throughput at 32 clients, this service / mlflow serve: {ratio:.1f}x (target >= 5x)"
-        )
-    if "skin-mlops serve" in by_name and "naive keras" in by_name:
-        ratio = by_name["skin-mlops serve"]["rps_c32"] / by_name["naive keras"]["rps_c32"]
-        console.print(f"throughput at 32 clients, this service / naive keras: {ratio:.1f}x")
+    ours = by_name.get("skin-mlops serve")
+    for peer in (
+        "mlflow models serve (ONNX pyfunc)",
+        "skin-mlops serve, MAX_BATCH_SIZE=1",
+        "naive keras",
+        "mlflow models serve (Keras)",
+    ):
+        if ours and peer in by_name:
+            other = by_name[peer]
+            console.print(
+                f"this service vs {peer}: throughput at 32 clients "
+                f"{ours['rps_c32'] / other['rps_c32']:.2f}x, "
+                f"p50 at 1 client {ours['p50_ms'] / other['p50_ms']:.2f}x",
+                highlight=False,
+            )
     console.print(f"load average at end {os.getloadavg()}")
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {
