@@ -28,6 +28,7 @@ from skin_mlops.modeling.train import (
     dataset_fingerprint,
     load_records,
     split_leaked_val,
+    split_near_duplicate_val,
 )
 from skin_mlops.storage import S3ObjectStore
 
@@ -55,7 +56,9 @@ def _record(data: bytes, split: str = "train", label: str = "acne", **fields: st
 
 
 def _ingest(raw_dataset: RawDataset) -> None:
-    summary = run_ingestion(raw_dataset.config_path, ["train", "val"], settings=raw_dataset.settings)
+    summary = run_ingestion(
+        raw_dataset.config_path, ["train", "val"], settings=raw_dataset.settings
+    )
     assert not summary.failed
 
 
@@ -117,6 +120,47 @@ def test_split_leaked_val_separates_val_photos_with_training_bytes() -> None:
 
     assert [r.sha256 for r in leaked] == [train[0].sha256]
     assert [r.sha256 for r in clean] == [val[1].sha256]
+
+
+def test_a_resaved_copy_of_a_training_photo_is_a_near_duplicate_and_cached(
+    tmp_path: Path,
+) -> None:
+    import io
+
+    from PIL import Image
+
+    from utils.images import non_skin_images
+
+    pictures = list(non_skin_images(size=(200, 150)).values())
+
+    def jpeg(image: Image.Image, quality: int = 92) -> bytes:
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=quality)
+        return out.getvalue()
+
+    train_bytes = [jpeg(p) for p in pictures[1:]]  # noise, text, checkerboard, gradient
+    copy = pictures[2].transpose(Image.Transpose.ROTATE_90).resize((135, 180))
+    other_noise = non_skin_images(size=(200, 150), seed=1)["noise"]
+    val_bytes = [jpeg(copy, quality=70), jpeg(other_noise)]  # a turned copy; a new picture
+    files = {}
+    for data in train_bytes + val_bytes:
+        files[hashlib.sha256(data).hexdigest()] = data
+    train = [_record(d) for d in train_bytes]
+    val = [_record(d, split="val") for d in val_bytes]
+    loads: list[str] = []
+
+    def load(row: LesionRecord) -> bytes:
+        loads.append(row.sha256)
+        return files[row.sha256]
+
+    clean, near = split_near_duplicate_val(train, val, load, tmp_path / "cache")
+
+    assert [r.sha256 for r in near] == [val[0].sha256]
+    assert [r.sha256 for r in clean] == [val[1].sha256]
+    assert sorted(loads) == sorted(files)
+    loads.clear()  # a second call decodes nothing: the hashes are cached by SHA-256
+    assert split_near_duplicate_val(train, val, load, tmp_path / "cache") == (clean, near)
+    assert loads == []
 
 
 def test_the_fingerprint_follows_the_data_not_the_row_order() -> None:

@@ -5,6 +5,7 @@ Layout (stable; see ``docs/architecture.md``)::
     data/class_index.json      {"0": "acne", "1": "actinic_keratosis", ...}
     inference/signature.json   ModelSignature below
     model/model.keras          the Keras model (backbone + head), outputs logits
+                               (and ood_score, the out-of-distribution guard's distance)
     model/model.onnx           the same graph via tf2onnx (served by ONNX Runtime)
 
 ``runs/skin5-current`` is a *symlink* to ``runs/skin5/<model_version>/``. A new export is
@@ -50,8 +51,27 @@ class TensorSpec(BaseModel):
     shape: list[int | None]
 
 
+class OodSpec(BaseModel):
+    """The out-of-distribution guard inside the graph (:mod:`skin_mlops.modeling.ood`).
+
+    ``output`` (``float32[N]``) is the Mahalanobis distance of a photo's pooled backbone
+    features to the nearest class; above ``threshold`` the photo is unlike the training
+    photos. ``heldout_pass_rate`` is the share of held-out training photos under it.
+    """
+
+    method: str = "mahalanobis-tied"
+    output: TensorSpec
+    threshold: float = Field(gt=0)
+    pass_rate: float = Field(gt=0, lt=1)
+    heldout_pass_rate: float = Field(ge=0, le=1)
+    heldout_photos: int = Field(ge=1)
+
+
 class ModelSignature(BaseModel):
-    """``inference/signature.json``: everything a server needs besides the weights."""
+    """``inference/signature.json``: everything a server needs besides the weights.
+
+    ``ood`` is absent in exports made before the guard existed (then no photo is flagged).
+    """
 
     format_version: int = FORMAT_VERSION
     model_version: str
@@ -67,6 +87,7 @@ class ModelSignature(BaseModel):
     input_color: str = "RGB"
     input_range: tuple[float, float] = (0.0, 255.0)
     output_kind: str = "logits"
+    ood: OodSpec | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 

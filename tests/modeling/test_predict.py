@@ -162,7 +162,17 @@ def test_json_lines_carry_the_apis_fields(workdir: Path) -> None:
     assert result.exit_code == 0, result.output
     for line in result.stdout.splitlines():
         obj = json.loads(line)  # each line is one complete JSON object
-        assert set(obj) == {"path", "label", "confidence", "top_k", "uncertain", "model_version"}
+        assert set(obj) == {
+            "path",
+            "label",
+            "confidence",
+            "top_k",
+            "uncertain",
+            "in_distribution",
+            "ood_score",
+            "model_version",
+        }
+        assert obj["in_distribution"] is None and obj["ood_score"] is None  # no guard in v1
         assert obj["model_version"] == "v1"
         assert obj["top_k"][0] == {"label": obj["label"], "probability": obj["confidence"]}
         assert isinstance(obj["uncertain"], bool)

@@ -244,24 +244,62 @@ def test_published_export_is_complete_and_is_the_champion(workspace: Workspace) 
     assert not list((folder.parent).glob(".*tmp*"))
 
 
+def test_the_export_carries_an_ood_guard_that_flags_what_is_not_a_photo_of_the_data(
+    workspace: Workspace,
+) -> None:
+    from skin_mlops.api.model_runtime import load_model
+    from utils.images import non_skin_images
+
+    strong = workspace.runs[1]
+    folder = export_format.resolve_export_dir(workspace.settings.model_dir)
+    signature = export_format.read_signature(folder)
+    assert signature.ood is not None and signature.ood.output.name == "ood_score"
+    assert signature.ood.heldout_photos == N_TRAIN and signature.ood.pass_rate == 0.95
+    assert signature.ood.threshold == pytest.approx(strong.metrics["ood_threshold"], rel=1e-6)
+    assert 0 <= strong.metrics["val_ood_flagged_rate"] <= 1
+    run = _client(workspace.settings).get_run(strong.run_id)
+    assert run.data.params["ood_guard"] == "mahalanobis-tied"
+
+    model = load_model(folder, "test", workspace.settings)
+    size = signature.image_size
+    val = [
+        preprocessing.preprocess_bytes(p.read_bytes(), size)
+        for p in sorted((workspace.config_path.parent / "raw" / "val").rglob("*.jpg"))
+    ]
+    assert len(val) == N_VAL
+    _, val_scores = model.outputs(np.stack(val))
+    assert val_scores is not None
+    assert np.mean([model.in_distribution(float(s)) for s in val_scores]) >= 0.75
+    strangers = {
+        name: preprocessing.to_model_input(image, size) for name, image in non_skin_images().items()
+    }
+    _, scores = model.outputs(np.stack(list(strangers.values())))
+    flagged = {
+        name: model.in_distribution(float(s)) is False
+        for name, s in zip(strangers, scores, strict=True)
+    }
+    assert all(flagged.values()), flagged
+
+
 def test_onnx_and_keras_exports_agree_on_generated_images(workspace: Workspace) -> None:
     import keras
 
     from skin_mlops.modeling.evaluate import softmax
-    from skin_mlops.modeling.export import onnx_logits, onnx_session
+    from skin_mlops.modeling.export import keras_outputs, onnx_outputs, onnx_session
 
     folder = export_format.resolve_export_dir(workspace.settings.model_dir)
     signature = export_format.read_signature(folder)
     rng = np.random.default_rng(7)
     images = rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
     reloaded = keras.saving.load_model(folder / export_format.KERAS_MODEL_FILE)
-    keras_probs = softmax(np.asarray(reloaded(images, training=False)), signature.temperature)
-    onnx_probs = softmax(
-        onnx_logits(onnx_session(folder / export_format.ONNX_MODEL_FILE), images),
-        signature.temperature,
-    )
+    keras_logits, keras_ood = keras_outputs(reloaded, images)
+    onnx = onnx_outputs(onnx_session(folder / export_format.ONNX_MODEL_FILE), images)
+    keras_probs = softmax(keras_logits, signature.temperature)
+    onnx_probs = softmax(onnx["logits"], signature.temperature)
     assert np.max(np.abs(keras_probs - onnx_probs)) <= 1e-4
     assert (keras_probs.argmax(1) == onnx_probs.argmax(1)).all()
+    assert keras_ood is not None  # the guard's score: the same in both
+    np.testing.assert_allclose(onnx["ood_score"], keras_ood, rtol=1e-3)
 
 
 def test_every_export_is_uploaded_under_its_run_id(workspace: Workspace) -> None:
@@ -303,15 +341,24 @@ def test_val_photos_leaked_from_train_are_left_out_unless_kept(
 ) -> None:
     import shutil
 
+    from PIL import Image
+
     dataset = colour_dataset_factory(tmp_path, per_label={"train": 3, "val": 2})
     leaked = []
     for label in dataset.labels[:2]:  # two training photos copied into val (same label)
         source = tmp_path / "raw" / "train" / label / f"{label}_0.jpg"
         shutil.copyfile(source, tmp_path / "raw" / "val" / label / "copy_of_train.jpg")
         leaked.append(hashlib.sha256(source.read_bytes()).hexdigest())
+    # and one re-saved copy: mirrored, 90 % size, JPEG quality 70 (other bytes, same picture)
+    label = dataset.labels[2]
+    with Image.open(tmp_path / "raw" / "train" / label / f"{label}_1.jpg") as original:
+        resaved = tmp_path / "raw" / "val" / label / "resaved_train_photo.jpg"
+        copy = original.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        copy.resize((original.width * 9 // 10, original.height * 9 // 10)).save(resaved, quality=70)
+    leaked.append(hashlib.sha256(resaved.read_bytes()).hexdigest())
     settings = settings_factory(tmp_path)
     summary = run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
-    assert len(summary.leakage) == 2  # what ingestion already reports
+    assert len(summary.leakage) == 2  # what ingestion reports: the same bytes only
     options = TrainingOptions(fine_tune_layers=0, epochs=2, views=1, batch_size=4)
 
     def train(keep: bool) -> TrainingResult:
@@ -324,13 +371,14 @@ def test_val_photos_leaked_from_train_are_left_out_unless_kept(
         )
 
     client = _client(settings)
-    for keep, n_val, excluded in ((False, 6, 2), (True, 8, 0)):
+    for keep, n_val, excluded in ((False, 6, 3), (True, 9, 0)):
         result = train(keep)
         assert result.val_leaked_excluded == excluded
         run = client.get_run(result.run_id).data
         assert run.params["keep_leaked_val"] == str(keep)
         assert run.params["n_val"] == str(n_val)
         assert run.metrics["val_leaked"] == 2
+        assert run.metrics["val_near_duplicates"] == 1
         assert run.metrics["val_leaked_excluded"] == excluded
         folder = tmp_path / f"download-{keep}"
         val_set = json.loads(

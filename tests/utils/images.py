@@ -48,3 +48,33 @@ def with_exif_orientation(img: Image.Image, fmt: str = "PNG") -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     return encode(stored, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def non_skin_images(size: tuple[int, int] = (320, 240), seed: int = 0) -> dict[str, Image.Image]:
+    """Everyday inputs that are not photos of skin, for the out-of-distribution guard.
+
+    A flat colour, uniform noise, a rendered page of text, a checkerboard and a smooth
+    photo-like gradient (sky over ground).
+    """
+    from PIL import ImageDraw
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    page = Image.new("RGB", size, (250, 250, 247))
+    draw = ImageDraw.Draw(page)
+    words = "the quick brown fox jumps over the lazy dog; invoice total due 42.00 EUR".split()
+    for row, top in enumerate(range(8, height - 10, 12)):
+        line = " ".join(words[(row + i) % len(words)] for i in range(8))
+        draw.text((8, top), line, fill=(20, 20, 25))
+    squares = (np.add.outer(np.arange(height) // 20, np.arange(width) // 20) % 2).astype(np.uint8)
+    y = np.linspace(0, 1, height)[:, None, None]
+    sky = np.array([90, 150, 235]) * (1 - y) + np.array([240, 240, 250]) * y
+    ground = np.array([70, 120, 40]) * (1.3 - y)
+    gradient = np.where(y < 0.6, sky, ground) * np.ones((1, width, 1))
+    return {
+        "flat colour": Image.new("RGB", size, (120, 160, 200)),
+        "noise": Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)),
+        "text page": page,
+        "checkerboard": Image.fromarray(np.repeat(squares[..., None] * 255, 3, axis=2)),
+        "gradient": Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)),
+    }

@@ -163,3 +163,62 @@ def build_tiny_models() -> TinyModels:
         v2=build_tiny_model(seed=2),
         three_outputs=build_tiny_model(seed=3, n_outputs=3),
     )
+
+
+@dataclass(frozen=True)
+class GuardedTinyModel:
+    """The tiny model with the out-of-distribution guard as a second output.
+
+    The guard (the real :class:`skin_mlops.modeling.ood.MahalanobisScore` layer) is fitted
+    on the mean colour of noisy photos of the five label colours, so a photo of one of
+    them passes and a mid-grey or mixed-colour one does not.
+    """
+
+    model: TinyModel
+    ood_output_name: str
+    threshold: float
+
+    def signature_overrides(self) -> dict[str, object]:
+        """``ood`` for :func:`publish_tiny_export`."""
+        return {
+            "ood": export_format.OodSpec(
+                output=export_format.TensorSpec(name=self.ood_output_name, shape=[None]),
+                threshold=self.threshold,
+                pass_rate=0.95,
+                heldout_pass_rate=0.95,
+                heldout_photos=100,
+            )
+        }
+
+
+def build_guarded_tiny_model(seed: int = 1) -> GuardedTinyModel:
+    """:func:`build_tiny_model` + ``ood_score`` (guard on the mean colour), via tf2onnx."""
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from skin_mlops.modeling import ood
+    from utils.images import COLOURS
+
+    base = build_tiny_model(seed=seed).keras_model
+    rng = np.random.default_rng(seed)
+    colours = np.array(list(COLOURS.values()), np.float32) / 255.0
+    labels = np.repeat(np.arange(len(colours)), 20)
+    features = colours[labels] + rng.normal(0, 0.06, (len(labels), 3)).astype(np.float32)
+    guard = ood.fit_guard(features[:, None, :], labels, len(colours), seed=seed)
+
+    inputs = base.input
+    mean_colour = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    model = keras.Model(inputs, [base.output, ood.score_layer(guard)(mean_colour)])
+    spec = (tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    onnx.checker.check_model(proto)
+    tiny = TinyModel(
+        keras_model=model,
+        onnx_bytes=proto.SerializeToString(),
+        input_name=proto.graph.input[0].name,
+        output_name=proto.graph.output[0].name,
+        seed=seed,
+    )
+    return GuardedTinyModel(tiny, proto.graph.output[1].name, guard.threshold)

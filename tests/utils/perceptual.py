@@ -31,26 +31,15 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-import imagehash
 import numpy as np
-from PIL import Image
 
 from skin_mlops import preprocessing
+from skin_mlops.modeling import near_duplicates
 
-HASH_SIZE = 16  # imagehash.phash(hash_size=16): 64x64 grey DCT, 16x16 lowest frequencies
-HASH_BITS = HASH_SIZE * HASH_SIZE
-# The 8 elements of the dihedral group D4 as Pillow transposes (None = as stored).
-DIHEDRAL: tuple[Image.Transpose | None, ...] = (
-    None,
-    Image.Transpose.ROTATE_90,
-    Image.Transpose.ROTATE_180,
-    Image.Transpose.ROTATE_270,
-    Image.Transpose.FLIP_LEFT_RIGHT,
-    Image.Transpose.FLIP_TOP_BOTTOM,
-    Image.Transpose.TRANSPOSE,
-    Image.Transpose.TRANSVERSE,
-)
-_HASH_SIDE = 128  # decode JPEGs at a reduced DCT scale: pHash looks at 64x64 pixels
+HASH_BITS = near_duplicates.HASH_BITS
+DIHEDRAL = near_duplicates.DIHEDRAL
+phash_bits = near_duplicates.phash_bits
+_HASH_SIDE = near_duplicates.HASH_DECODE_SIDE
 
 
 @dataclass(frozen=True)
@@ -81,16 +70,6 @@ class Duplicate:
     def __str__(self) -> str:
         kind = "same bytes" if self.first.sha256 == self.second.sha256 else f"{self.distance} bits"
         return f"{self.first.name} ~ {self.second.name} ({kind})"
-
-
-def phash_bits(img: Image.Image) -> np.ndarray:
-    """``bool[8, 256]``: the pHash of ``img`` in each of its 8 dihedral orientations."""
-    return np.stack(
-        [
-            imagehash.phash(img if op is None else img.transpose(op), HASH_SIZE).hash.reshape(-1)
-            for op in DIHEDRAL
-        ]
-    )
 
 
 def read_photo(split: str, label: str, path: Path, decode_size: int) -> Photo:
@@ -145,25 +124,13 @@ def exact_duplicates(photos: Sequence[Photo]) -> list[Duplicate]:
     ]
 
 
-_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
-
-
-def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``int[A, B]`` differing bits between packed hashes ``uint8[A, W]`` and ``uint8[B, W]``."""
-    return _POPCOUNT[a[:, None, :] ^ b[None, :, :]].sum(axis=-1, dtype=np.int32)
-
-
 def distance_matrix(group_a: Sequence[Photo], group_b: Sequence[Photo]) -> np.ndarray:
-    """``int[A, B]``: fewest differing bits between ``a`` as stored and ``b`` in any of its
-    8 orientations, or ``b`` as stored and ``a`` in any of its orientations (pHash does
-    not commute exactly with turns and mirrors, so both ways are taken)."""
-    every_a = np.packbits(np.stack([p.phashes for p in group_a]), axis=-1)  # uint8[A, 8, 32]
-    every_b = np.packbits(np.stack([p.phashes for p in group_b]), axis=-1)
-    distance = np.full((len(group_a), len(group_b)), HASH_BITS, dtype=np.int32)
-    for k in range(len(DIHEDRAL)):
-        np.minimum(distance, _hamming(every_a[:, 0], every_b[:, k]), out=distance)
-        np.minimum(distance, _hamming(every_a[:, k], every_b[:, 0]), out=distance)
-    return distance
+    """``int[A, B]``: :func:`skin_mlops.modeling.near_duplicates.distance_matrix` of the
+    photos' hashes (the same measure training and cross-validation use)."""
+    return near_duplicates.distance_matrix(
+        np.packbits(np.stack([p.phashes for p in group_a]), axis=-1),
+        np.packbits(np.stack([p.phashes for p in group_b]), axis=-1),
+    )
 
 
 def _hashed(photos: Sequence[Photo], split: str) -> list[Photo]:

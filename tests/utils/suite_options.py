@@ -36,6 +36,7 @@ DEFAULT_MAX_ECE = 0.15
 DEFAULT_MIN_INVARIANCE = 0.95
 DEFAULT_MAX_PROB_DELTA = 1e-4
 DEFAULT_PHASH_DISTANCE = 32  # of 256 bits; see utils.perceptual
+DEFAULT_MAX_OOD_FLAGGED = 0.05
 
 _FIGURES: dict[str, pytest.StashKey[list[str]]] = {
     "model": pytest.StashKey[list[str]](),
@@ -86,6 +87,12 @@ def add_suite_options(parser: pytest.Parser) -> None:
         type=float,
         default=DEFAULT_MAX_PROB_DELTA,
         help="ONNX vs Keras bound on |probability difference| (default %(default)s)",
+    )
+    group.addoption(
+        "--max-ood-flagged",
+        type=float,
+        default=DEFAULT_MAX_OOD_FLAGGED,
+        help="share of val photos the out-of-distribution guard may flag (default %(default)s)",
     )
     group.addoption(
         "--phash-distance",

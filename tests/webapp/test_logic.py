@@ -63,6 +63,18 @@ def test_result_view_reranks_for_k_and_threshold_without_a_call() -> None:
     assert stricter.warning is not None and len(stricter.ranked) == 1
 
 
+def test_a_photo_the_guard_flags_gets_its_warning_even_when_confident() -> None:
+    flagged = prediction(0.93).model_copy(update={"in_distribution": False, "ood_score": 2.4})
+    view = logic.result_view(flagged, k=3, threshold=0.5)
+    assert view.warning == logic.OUT_OF_DISTRIBUTION_WARNING
+    assert "does not look like the clinical skin photos" in view.warning
+
+    passed = prediction(0.93).model_copy(update={"in_distribution": True, "ood_score": 0.6})
+    assert logic.result_view(passed, k=3, threshold=0.5).warning is None
+    unsure = prediction(0.3).model_copy(update={"in_distribution": True, "ood_score": 0.6})
+    assert "unsure" in (logic.result_view(unsure, k=3, threshold=0.5).warning or "")
+
+
 @pytest.mark.parametrize(
     ("error", "words"),
     [

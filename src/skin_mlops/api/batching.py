@@ -73,12 +73,14 @@ class BatchFailedError(RuntimeError):
 
 @dataclass
 class BatchResult:
-    """One image's output: calibrated probabilities and the model call it was part of."""
+    """One image's output: calibrated probabilities, the guard's score (None without a
+    guard) and the model call it was part of."""
 
     probabilities: np.ndarray
     model: LoadedModel
     batch_size: int
     model_ms: float
+    ood_score: float | None = None
 
 
 @dataclass
@@ -266,7 +268,7 @@ class MicroBatcher:
             stacked = np.stack([job.pixels for job in jobs]).astype(np.float32, copy=False)
             self.metrics.batch_size.observe(len(jobs))
             started = time.perf_counter()
-            logits = await loop.run_in_executor(self._executor, model.logits, stacked)
+            logits, ood = await loop.run_in_executor(self._executor, model.outputs, stacked)
             probabilities = model.probabilities(logits)
             model_ms = (time.perf_counter() - started) * 1000
             if probabilities.shape != (len(jobs), len(model.labels)):
@@ -274,7 +276,13 @@ class MicroBatcher:
                     f"model {model.version} returned probabilities of shape "
                     f"{probabilities.shape} for {len(jobs)} images"
                 )
-            results = [BatchResult(row, model, len(jobs), model_ms) for row in probabilities]
+            scores: list[float | None] = (
+                [float(v) for v in ood] if ood is not None else [None] * len(jobs)
+            )
+            results = [
+                BatchResult(row, model, len(jobs), model_ms, score)
+                for row, score in zip(probabilities, scores, strict=True)
+            ]
         except Exception as exc:  # fails these requests, not the worker
             self._fail(jobs, exc)
             return

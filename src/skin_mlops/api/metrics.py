@@ -113,6 +113,13 @@ class ApiMetrics:
             ["reason"],
             registry=r,
         )
+        self.out_of_distribution = Counter(
+            "api_out_of_distribution_total",
+            "Predictions whose photo the out-of-distribution guard flagged (unlike the "
+            "training photos), by top-1 label.",
+            ["label"],
+            registry=r,
+        )
         self.reload_failing = Gauge(
             "api_model_reload_failing",
             "1 while the newest model candidate is refused and an older model keeps serving.",
@@ -129,7 +136,11 @@ class ApiMetrics:
         for label, share in (train_shares or {}).items():
             self.label_train_share.labels(label=label).set(share)
 
-    def record_prediction(self, label: str, confidence: float) -> None:
-        """Count one returned prediction."""
+    def record_prediction(
+        self, label: str, confidence: float, in_distribution: bool | None = None
+    ) -> None:
+        """Count one returned prediction (and an out-of-distribution one apart)."""
         self.predictions.labels(label=label).inc()
         self.confidence.labels(label=label).observe(confidence)
+        if in_distribution is False:
+            self.out_of_distribution.labels(label=label).inc()

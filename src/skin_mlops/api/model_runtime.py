@@ -116,6 +116,22 @@ class LoadedModel:
         (out,) = self.session.run([self.signature.output.name], {self.signature.input.name: batch})
         return np.asarray(out)
 
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(logits float32[N, n_labels], ood_score float32[N] or None)`` in one call.
+
+        The score is None for a model exported without the out-of-distribution guard.
+        """
+        ood = self.signature.ood
+        names = [self.signature.output.name] + ([ood.output.name] if ood else [])
+        out = self.session.run(names, {self.signature.input.name: batch})
+        return np.asarray(out[0]), (np.asarray(out[1]) if ood else None)
+
+    def in_distribution(self, ood_score: float | None) -> bool | None:
+        """The guard's verdict on one score (None: this model has no guard)."""
+        if ood_score is None or self.signature.ood is None:
+            return None
+        return ood_score <= self.signature.ood.threshold
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: ``softmax(logits / temperature)`` (float64, rows sum 1)."""
         return export_format.softmax(logits, self.signature.temperature)
@@ -202,10 +218,16 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
         )
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         raise ModelRefusedError(f"ONNX Runtime cannot load {folder.name}") from exc
-    if len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
-        raise ModelRefusedError("the ONNX model must have exactly one input and one output")
+    n_outputs = 2 if signature.ood else 1
+    if len(session.get_inputs()) != 1 or len(session.get_outputs()) != n_outputs:
+        raise ModelRefusedError(
+            f"the ONNX model must have exactly one input and {n_outputs} output(s)"
+            + (" (logits, ood_score)" if signature.ood else "")
+        )
     _check_spec("input", signature.input, session.get_inputs()[0])
     _check_spec("output", signature.output, session.get_outputs()[0])
+    if signature.ood:
+        _check_spec("ood output", signature.ood.output, session.get_outputs()[1])
 
     model = LoadedModel(signature, session, source_key, loaded_at=0.0, warmup_ms=0.0)
     _warm_up(model, settings.max_batch_size)
@@ -220,10 +242,20 @@ def _warm_up(model: LoadedModel, max_batch_size: int) -> None:
     rng = np.random.default_rng(0)
     batch = rng.uniform(0, 255, (max(2, max_batch_size), size, size, 3)).astype(np.float32)
     try:
-        single = model.logits(batch[:1])
-        full = model.logits(batch)
+        single, single_ood = model.outputs(batch[:1])
+        full, full_ood = model.outputs(batch)
     except Exception as exc:  # an ORT runtime failure on a real-shaped input
         raise ModelRefusedError(f"model {model.version} fails on a warm-up batch") from exc
+    for scores, n in ((single_ood, 1), (full_ood, len(batch))):
+        if scores is None:
+            continue
+        if scores.shape != (n,):
+            raise ModelRefusedError(
+                f"model {model.version} outputs ood_score of shape {scores.shape} for {n} "
+                f"images, expected ({n},)"
+            )
+        if not np.all(np.isfinite(scores)):
+            raise ModelRefusedError(f"model {model.version} outputs non-finite ood scores")
     for out, n in ((single, 1), (full, len(batch))):
         if out.shape != (n, n_labels):
             raise ModelRefusedError(

@@ -23,8 +23,12 @@ class Prediction(BaseModel):
 
     ``confidence`` is the calibrated probability of ``label`` (softmax of the logits
     divided by the export's temperature). ``uncertain`` is true when it is below
-    ``UNCERTAINTY_THRESHOLD``; ``warning`` then says so in words. ``inference_ms`` is the
-    server-side time for this image: decode + preprocessing + batching + model.
+    ``UNCERTAINTY_THRESHOLD`` or when the photo is out of distribution; ``warning`` then
+    says so in words. ``in_distribution`` is the out-of-distribution guard's verdict (does
+    the photo look like the training photos?) and ``ood_score`` its distance relative to
+    the threshold (above 1: out of distribution); both are null for a model exported
+    without the guard. ``inference_ms`` is the server-side time for this image: decode +
+    preprocessing + batching + model.
     """
 
     label: str
@@ -33,6 +37,14 @@ class Prediction(BaseModel):
     model_version: str
     inference_ms: float = Field(ge=0)
     uncertain: bool
+    in_distribution: bool | None = Field(
+        default=None, description="false: unlike the photos the model was trained on"
+    )
+    ood_score: float | None = Field(
+        default=None,
+        ge=0,
+        description="the guard's distance / its threshold: above 1 is out of distribution",
+    )
     warning: str | None = None
     batch_size: int = Field(ge=1, description="images in the model call that served this one")
 

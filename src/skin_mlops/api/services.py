@@ -157,6 +157,12 @@ def _preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         raise HTTPException(422, "the image could not be decoded") from None
 
 
+OUT_OF_DISTRIBUTION_WARNING = (
+    "this does not look like the clinical skin photos the model was trained on: its "
+    "label means nothing here; use a close, well-lit photo of the skin lesion"
+)
+
+
 def build_prediction(
     services: Services,
     model: LoadedModel,
@@ -164,8 +170,13 @@ def build_prediction(
     top_k: int,
     elapsed_ms: float,
     batch_size: int,
+    ood_score: float | None = None,
 ) -> Prediction:
-    """Turn one row of probabilities into the response (and count it in the metrics)."""
+    """Turn one row of probabilities into the response (and count it in the metrics).
+
+    An out-of-distribution photo (the guard's score over its threshold) is uncertain
+    whatever its confidence, with the guard's warning.
+    """
     order = np.argsort(-probabilities, kind="stable")
     ranked = [
         LabelProbability(label=model.labels[i], probability=float(probabilities[i]))
@@ -173,8 +184,24 @@ def build_prediction(
     ]
     label, confidence = model.labels[order[0]], float(probabilities[order[0]])
     threshold = services.settings.uncertainty_threshold
-    uncertain = confidence < threshold
-    services.metrics.record_prediction(label, confidence)
+    in_distribution = model.in_distribution(ood_score)
+    low_confidence = confidence < threshold
+    uncertain = low_confidence or in_distribution is False
+    services.metrics.record_prediction(label, confidence, in_distribution)
+    if in_distribution is False:
+        warning: str | None = OUT_OF_DISTRIBUTION_WARNING
+    elif low_confidence:
+        warning = (
+            f"low confidence ({confidence:.2f} < {threshold:.2f}): the model is unsure about "
+            "this photo; retake it closer and in focus, or ask a clinician"
+        )
+    else:
+        warning = None
+    relative_score = (
+        round(ood_score / model.signature.ood.threshold, 4)
+        if ood_score is not None and model.signature.ood is not None
+        else None
+    )
     return Prediction(
         label=label,
         confidence=confidence,
@@ -182,12 +209,9 @@ def build_prediction(
         model_version=model.version,
         inference_ms=round(elapsed_ms, 3),
         uncertain=uncertain,
-        warning=(
-            f"low confidence ({confidence:.2f} < {threshold:.2f}): the model is unsure about "
-            "this photo; retake it closer and in focus, or ask a clinician"
-            if uncertain
-            else None
-        ),
+        in_distribution=in_distribution,
+        ood_score=relative_score,
+        warning=warning,
         batch_size=batch_size,
     )
 
@@ -216,5 +240,11 @@ async def predict_bytes(services: Services, data: bytes, top_k: int) -> Predicti
             raise  # a bug: 500 with the request id (RequestIdMiddleware)
     elapsed_ms = (time.perf_counter() - started) * 1000
     return build_prediction(
-        services, result.model, result.probabilities, top_k, elapsed_ms, result.batch_size
+        services,
+        result.model,
+        result.probabilities,
+        top_k,
+        elapsed_ms,
+        result.batch_size,
+        result.ood_score,
     )

@@ -1,10 +1,13 @@
 """Export the trained classifier: one Keras graph, its ONNX twin, metadata, publish, upload.
 
 The exported model is backbone + head in ONE graph: ``image`` float32[N, S, S, 3] (RGB,
-[0, 255], from ``skin_mlops.preprocessing``) -> ``logits`` float32[N, K]. The steps:
+[0, 255], from ``skin_mlops.preprocessing``) -> ``logits`` float32[N, K] and, with the
+out-of-distribution guard (:mod:`skin_mlops.modeling.ood`), ``ood_score`` float32[N]. The
+steps:
 
 1. :func:`compose_model` - the inference graph from the backbone and the trained head,
-   optionally averaging the logits of the input's dihedral transforms (in-graph TTA);
+   optionally averaging the logits of the input's dihedral transforms (in-graph TTA), with
+   the guard's distance computed from the same pooled features;
 2. :func:`write_export` - ``model/model.keras``, ``model/model.onnx`` (``tf2onnx``; the
    backbone's conversion is cached and only the head is converted per run), a
    parity check (ONNX Runtime vs Keras on real inputs: calibrated probabilities within
@@ -33,12 +36,15 @@ if TYPE_CHECKING:
     import keras
     import onnxruntime as ort
 
+    from skin_mlops.modeling.ood import OodGuard
     from skin_mlops.storage import ObjectStore
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+OOD_OUTPUT_NAME = "ood_score"
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
+OOD_PARITY_RTOL = 1e-3
 MODELS_PREFIX = "skin/models"
 
 
@@ -130,6 +136,7 @@ def compose_model(
     image_size: int,
     *,
     tta_views: int = 1,
+    guard: OodGuard | None = None,
 ) -> keras.Model:
     """``image`` -> backbone -> the head's layers -> ``logits``, as one functional model.
 
@@ -138,6 +145,8 @@ def compose_model(
     dihedral transforms of the input (test-time augmentation inside the model, so ONNX
     and every server get it for free). The head's layers are reused (same weights); the
     graph's last layer is named ``logits`` (so the Keras and ONNX output are ``logits``).
+    With ``guard`` the model has a second output ``ood_score``: the guard's distance of
+    the input's pooled features (the untransformed view's, under TTA).
     """
     import keras
 
@@ -148,22 +157,42 @@ def compose_model(
     if tta_views > 1:
         dihedral_views, _ = _tta_layers()
         x = dihedral_views(tta_views, name="tta_dihedral_views")(x)
-    x = apply_heads(backbone_model(x), head)
+    features = backbone_model(x)
+    x = apply_heads(features, head)
     if tta_views > 1:
         _, view_mean = _tta_layers()
         x = view_mean(tta_views, name=OUTPUT_NAME)(x)
     else:
         x = keras.layers.Identity(name=OUTPUT_NAME)(x)
-    return keras.Model(image, x, name="skin_classifier")
+    if guard is None:
+        return keras.Model(image, x, name="skin_classifier")
+    from skin_mlops.modeling import ood
+
+    score = ood.score_layer(guard)(ood.first_view(features, tta_views))
+    return keras.Model(image, [x, score], name="skin_classifier")
+
+
+def keras_outputs(
+    model: keras.Model, images: np.ndarray, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(logits, ood_score or None)`` of a Keras model, inference mode, in batches."""
+    logits, scores = [], []
+    for i in range(0, len(images), batch_size):
+        out = model(images[i : i + batch_size], training=False)
+        if isinstance(out, list | tuple):
+            logits.append(np.asarray(out[0]))
+            scores.append(np.asarray(out[1]))
+        else:
+            logits.append(np.asarray(out))
+    if not logits:
+        width = int(model.outputs[0].shape[-1])
+        return np.zeros((0, width), np.float32), None
+    return np.concatenate(logits), (np.concatenate(scores) if scores else None)
 
 
 def keras_logits(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Logits of a Keras model, inference mode, in batches."""
-    out = [
-        np.asarray(model(images[i : i + batch_size], training=False))
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, int(model.output.shape[-1])), np.float32)
+    """Logits of a Keras model, inference mode, in batches (its first output)."""
+    return keras_outputs(model, images, batch_size)[0]
 
 
 def onnx_session(path: Path) -> ort.InferenceSession:
@@ -175,16 +204,27 @@ def onnx_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def onnx_outputs(
+    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 16
+) -> dict[str, np.ndarray]:
+    """Every output of an ONNX Runtime session whose one input takes ``images``, by name."""
+    input_name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for i in range(0, len(images), batch_size):
+        for name, value in zip(
+            names, session.run(names, {input_name: images[i : i + batch_size]}), strict=True
+        ):
+            chunks[name].append(np.asarray(value))
+    return {name: np.concatenate(values) for name, values in chunks.items()}
+
+
 def onnx_logits(
     session: ort.InferenceSession, images: np.ndarray, batch_size: int = 16
 ) -> np.ndarray:
-    """Logits of an ONNX Runtime session whose one input takes ``images``."""
-    input_name = session.get_inputs()[0].name
-    out = [
-        session.run(None, {input_name: images[i : i + batch_size]})[0]
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out)
+    """Logits of an ONNX Runtime session (its ``logits`` output, else its first one)."""
+    outputs = onnx_outputs(session, images, batch_size)
+    return outputs.get(OUTPUT_NAME, next(iter(outputs.values())))
 
 
 def convert_to_onnx(model: keras.Model, path: Path, image_size: int) -> Path:
@@ -204,12 +244,22 @@ def convert_to_onnx(model: keras.Model, path: Path, image_size: int) -> Path:
     return path
 
 
-def heads_model(head: keras.Model | Sequence[keras.Model], feature_dim: int) -> keras.Model:
-    """``features`` float32[N, D] -> ``logits``: the head(s) alone (ensemble averaged)."""
+def heads_model(
+    head: keras.Model | Sequence[keras.Model],
+    feature_dim: int,
+    guard: OodGuard | None = None,
+) -> keras.Model:
+    """``features`` float32[N, D] -> ``logits`` (and ``ood_score`` with ``guard``): the
+    head(s) alone (ensemble averaged)."""
     import keras
 
     features = keras.Input((feature_dim,), name="features", dtype="float32")
-    return keras.Model(features, apply_heads(features, head), name="skin_heads")
+    logits = apply_heads(features, head)
+    if guard is None:
+        return keras.Model(features, logits, name="skin_heads")
+    from skin_mlops.modeling import ood
+
+    return keras.Model(features, [logits, ood.score_layer(guard)(features)], name="skin_heads")
 
 
 def compose_onnx(backbone_onnx: Path, heads: keras.Model, path: Path) -> Path:
@@ -237,13 +287,16 @@ def compose_onnx(backbone_onnx: Path, heads: keras.Model, path: Path) -> Path:
             head_proto,
             io_map=[(backbone_proto.graph.output[0].name, head_proto.graph.input[0].name)],
         )
-        (output,) = merged.graph.output
-        if output.name != OUTPUT_NAME:
+        # the head's outputs in order: logits, then the guard's score when it has one
+        wanted = [OUTPUT_NAME, OOD_OUTPUT_NAME][: len(merged.graph.output)]
+        for output, name in zip(list(merged.graph.output), wanted, strict=True):
+            if output.name == name:
+                continue
             renamed = onnx.ValueInfoProto()
             renamed.CopyFrom(output)
-            renamed.name = OUTPUT_NAME
+            renamed.name = name
             merged.graph.node.append(
-                onnx.helper.make_node("Identity", [output.name], [OUTPUT_NAME], name=OUTPUT_NAME)
+                onnx.helper.make_node("Identity", [output.name], [name], name=name)
             )
             merged.graph.output.remove(output)
             merged.graph.output.append(renamed)
@@ -263,11 +316,14 @@ class ParityReport:
     max_abs_prob_diff: float
     top1_identical: bool
     tolerance: float
+    max_rel_ood_diff: float | None = None
 
     @property
     def ok(self) -> bool:
-        """Calibrated probabilities within tolerance and the same top-1 everywhere."""
-        return self.top1_identical and self.max_abs_prob_diff <= self.tolerance
+        """Calibrated probabilities within tolerance, the same top-1 everywhere, and the
+        guard's scores (when there is one) within :data:`OOD_PARITY_RTOL`."""
+        ood_ok = self.max_rel_ood_diff is None or self.max_rel_ood_diff <= OOD_PARITY_RTOL
+        return self.top1_identical and self.max_abs_prob_diff <= self.tolerance and ood_ok
 
 
 def compare_logits(
@@ -308,17 +364,20 @@ def write_export(
     *,
     tolerance: float = PARITY_TOLERANCE,
     reference_logits: np.ndarray | None = None,
+    reference_ood: np.ndarray | None = None,
     backbone_onnx: Path | None = None,
     heads: keras.Model | None = None,
 ) -> ExportResult:
     """Write ``model.keras``, ``model.onnx`` and the metadata into ``folder``, checked.
 
     The ONNX model is run with ONNX Runtime on ``parity_images`` and compared with Keras
-    (``reference_logits``: the Keras model's logits on them, when the caller has them);
-    the signature's input/output names are taken from the ONNX graph. With
-    ``backbone_onnx`` (the cached backbone, :mod:`skin_mlops.modeling.onnx_backbone`) and
-    ``heads`` (:func:`heads_model`), only the head is converted (:func:`compose_onnx`);
-    otherwise the whole model is (:func:`convert_to_onnx`).
+    (``reference_logits`` / ``reference_ood``: the Keras model's outputs on them, when the
+    caller has them); the signature's input/output names are taken from the ONNX graph.
+    A signature with ``ood`` needs the graph's ``ood_score`` output, held to the same
+    check (relative difference within :data:`OOD_PARITY_RTOL`). With ``backbone_onnx``
+    (the cached backbone, :mod:`skin_mlops.modeling.onnx_backbone`) and ``heads``
+    (:func:`heads_model`), only the head is converted (:func:`compose_onnx`); otherwise
+    the whole model is (:func:`convert_to_onnx`).
 
     Raises:
         ExportError: conversion failed or the parity check did not pass.
@@ -331,28 +390,40 @@ def write_export(
     else:
         onnx_path = convert_to_onnx(model, onnx_file, signature.image_size)
     session = onnx_session(onnx_path)
-    if reference_logits is None:
-        reference_logits = keras_logits(model, parity_images)
+    if reference_logits is None or (signature.ood is not None and reference_ood is None):
+        reference_logits, reference_ood = keras_outputs(model, parity_images)
+    outputs = onnx_outputs(session, parity_images)
+    onnx_out_names = [o.name for o in session.get_outputs()]
+    expected = [OUTPUT_NAME] + ([signature.ood.output.name] if signature.ood else [])
+    if onnx_out_names != expected:
+        raise ExportError(
+            f"the ONNX model's outputs are {onnx_out_names}, expected {expected}; not published"
+        )
+    max_rel_ood = None
+    if signature.ood is not None and reference_ood is not None:
+        candidate = outputs[signature.ood.output.name]
+        max_rel_ood = float(
+            np.max(np.abs(candidate - reference_ood) / np.maximum(np.abs(reference_ood), 1e-6))
+        )
     parity = compare_logits(
-        reference_logits,
-        onnx_logits(session, parity_images),
-        signature.temperature,
-        tolerance,
+        reference_logits, outputs[OUTPUT_NAME], signature.temperature, tolerance
     )
+    parity = ParityReport(**{**parity.__dict__, "max_rel_ood_diff": max_rel_ood})
     if not parity.ok:
+        ood_note = f", ood_score rel. diff {max_rel_ood:.1e}" if max_rel_ood is not None else ""
         raise ExportError(
             f"ONNX model disagrees with Keras on {parity.n_inputs} images: max |dp| = "
             f"{parity.max_abs_prob_diff:.2e} (tolerance {tolerance:.0e}), top-1 identical: "
-            f"{parity.top1_identical}; not published"
+            f"{parity.top1_identical}{ood_note}; not published"
         )
-    onnx_in, onnx_out = session.get_inputs()[0], session.get_outputs()[0]
+    onnx_in = session.get_inputs()[0]
     signature = signature.model_copy(
         update={
             "input": export_format.TensorSpec(
                 name=onnx_in.name, shape=[None, signature.image_size, signature.image_size, 3]
             ),
             "output": export_format.TensorSpec(
-                name=onnx_out.name, shape=[None, len(signature.labels)]
+                name=OUTPUT_NAME, shape=[None, len(signature.labels)]
             ),
         }
     )

@@ -50,7 +50,11 @@ class FilePrediction:
         label (str | None): the top label (``None`` when ``error`` is set).
         confidence (float | None): its calibrated probability.
         top_k (list[tuple[str, float]]): the ``top_k`` best labels with their probabilities.
-        uncertain (bool | None): ``confidence < UNCERTAINTY_THRESHOLD``.
+        uncertain (bool | None): ``confidence < UNCERTAINTY_THRESHOLD``, or out of
+            distribution.
+        in_distribution (bool | None): the out-of-distribution guard's verdict (None for
+            a model without the guard).
+        ood_score (float | None): the guard's distance / its threshold (above 1: out).
         model_version (str | None): the version that scored the file.
         error (str | None): why the file was not scored (the API's message for that case).
     """
@@ -60,6 +64,8 @@ class FilePrediction:
     confidence: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     uncertain: bool | None = None
+    in_distribution: bool | None = None
+    ood_score: float | None = None
     model_version: str | None = None
     error: str | None = None
 
@@ -78,6 +84,8 @@ class FilePrediction:
             "confidence": self.confidence,
             "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
             "uncertain": self.uncertain,
+            "in_distribution": self.in_distribution,
+            "ood_score": self.ood_score,
             "model_version": self.model_version,
         }
 
@@ -188,12 +196,14 @@ def score_files(
                 )
             )
             good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
-            probabilities = (
-                model.probabilities(model.logits(np.stack([decoded[i] for i in good])))
-                if good
-                else np.empty((0, len(model.labels)))
-            )
+            if good:
+                logits, ood = model.outputs(np.stack([decoded[i] for i in good]))
+                probabilities = model.probabilities(logits)
+            else:
+                probabilities, ood = np.empty((0, len(model.labels))), None
             rows = dict(zip(good, probabilities, strict=True))
+            scores = dict(zip(good, ood, strict=True)) if ood is not None else {}
+            ood_threshold = model.signature.ood.threshold if model.signature.ood else None
             for i, item in enumerate(chunk):
                 path = item.path if isinstance(item, MissingPath) else item
                 if i not in rows:
@@ -202,12 +212,20 @@ def score_files(
                 row = rows[i]
                 order = np.argsort(-row, kind="stable")
                 confidence = float(row[order[0]])
+                score = float(scores[i]) if i in scores else None
+                in_distribution = model.in_distribution(score)
                 yield FilePrediction(
                     path=path,
                     label=model.labels[order[0]],
                     confidence=confidence,
                     top_k=[(model.labels[j], float(row[j])) for j in order[:k]],
-                    uncertain=confidence < threshold,
+                    uncertain=confidence < threshold or in_distribution is False,
+                    in_distribution=in_distribution,
+                    ood_score=(
+                        round(score / ood_threshold, 4)
+                        if score is not None and ood_threshold
+                        else None
+                    ),
                     model_version=model.version,
                 )
             if on_done is not None:
@@ -261,6 +279,7 @@ def _print_table(results: list[FilePrediction], console: Console, top_k: int) ->
     table.add_column("confidence", justify="right")
     table.add_column(f"top-{top_k}")
     table.add_column("uncertain")
+    table.add_column("in distribution")
     for result in results:
         if result.ok:
             table.add_row(
@@ -269,6 +288,7 @@ def _print_table(results: list[FilePrediction], console: Console, top_k: int) ->
                 f"{result.confidence:.3f}",
                 ", ".join(f"{label} {p:.3f}" for label, p in result.top_k),
                 "[yellow]yes[/]" if result.uncertain else "",
+                {True: "yes", False: "[red]no[/]", None: "-"}[result.in_distribution],
             )
     console.print(table)
 

@@ -131,15 +131,23 @@ def connect(settings: Settings) -> str:
         ) from None
 
 
-def mlflow_signature(image_size: int, num_classes: int) -> MlflowModelSignature:
-    """MLflow signature of the model contract: ``image`` float32[-1,S,S,3] -> ``logits``."""
+def mlflow_signature(
+    image_size: int, num_classes: int, *, with_ood: bool = False
+) -> MlflowModelSignature:
+    """MLflow signature of the model contract: ``image`` float32[-1,S,S,3] -> ``logits``
+    (and ``ood_score`` float32[-1], the out-of-distribution guard's distance)."""
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
+    outputs: list[ColSpec | TensorSpec] = [
+        TensorSpec(np.dtype(np.float32), (-1, num_classes), "logits")
+    ]
+    if with_ood:
+        outputs.append(TensorSpec(np.dtype(np.float32), (-1,), "ood_score"))
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, image_size, image_size, 3), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "logits")]),
+        outputs=Schema(outputs),
     )
 
 

@@ -23,8 +23,12 @@ Top to bottom, one run does:
 5. **fine-tuning** (``--fine-tune-layers N``, 0 = off) - the top ``N`` backbone layers
    (BatchNorm counted, kept frozen) and the heads trained at a lower learning rate on the
    cached activation maps: the frozen part below the cut is never recomputed;
-6. **evaluation** - temperature fitted on val, ECE before/after, per-class metrics,
-   confusion matrix and reliability diagram PNGs (:mod:`skin_mlops.modeling.evaluate`);
+6. **out-of-distribution guard** - class means and shared covariance of the training
+   photos' pooled features, a threshold passing 95 % of held-out training photos
+   (:mod:`skin_mlops.modeling.ood`); its score is a second output of the exported graph;
+   **evaluation** - temperature fitted on val, ECE before/after, per-class metrics,
+   confusion matrix and reliability diagram PNGs (:mod:`skin_mlops.modeling.evaluate`),
+   the share of val photos the guard flags;
 7. **export** - backbone + head in one graph, ``model.keras`` + ``model.onnx`` checked
    against each other (:mod:`skin_mlops.modeling.export`);
 8. **tracking** - everything logged to MLflow (the val photos too:
@@ -51,7 +55,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -81,10 +85,12 @@ from skin_mlops.dataset_config import DatasetConfig, load_dataset_config
 if TYPE_CHECKING:
     import keras
 
+    from skin_mlops import export_format
     from skin_mlops.metadata import LesionRecord
     from skin_mlops.modeling.backbones import Backbone
     from skin_mlops.modeling.evaluate import Evaluation
     from skin_mlops.modeling.export import ParityReport
+    from skin_mlops.modeling.ood import OodGuard
     from skin_mlops.storage import ObjectStore
 
 TRAIN_SPLIT = "train"
@@ -112,6 +118,7 @@ DEFAULT_HEADS = 1
 DEFAULT_POOLING = "multi"
 DEFAULT_FINE_TUNE_LAYERS = 0  # off by default; e.g. 8 = Lite0 block7a + top conv
 DEFAULT_FINE_TUNE_EPOCHS = 5
+DEFAULT_OOD_PASS_RATE = 0.95
 FINE_TUNE_LR_FACTOR = 0.1
 PARITY_IMAGES = 16
 HEAD_STEPS_PER_EXECUTION = 16
@@ -145,6 +152,8 @@ class TrainingOptions:
     seed: int = DEFAULT_SEED
     # keep val photos whose bytes are also training photos (default: excluded, counted)
     keep_leaked_val: bool = False
+    # share of held-out in-distribution photos the out-of-distribution guard lets pass
+    ood_pass_rate: float = DEFAULT_OOD_PASS_RATE
 
     def __post_init__(self) -> None:
         checks = [
@@ -174,6 +183,10 @@ class TrainingOptions:
             (
                 self.fine_tune_epochs >= 1,
                 f"--fine-tune-epochs must be >= 1 (got {self.fine_tune_epochs})",
+            ),
+            (
+                0.5 <= self.ood_pass_rate < 1,
+                f"--ood-pass-rate must be in [0.5, 1) (got {self.ood_pass_rate})",
             ),
         ]
         for ok, message in checks:
@@ -319,6 +332,40 @@ def split_leaked_val(
     clean = [r for r in val_records if r.sha256 not in train_hashes]
     leaked = [r for r in val_records if r.sha256 in train_hashes]
     return clean, leaked
+
+
+def split_near_duplicate_val(
+    train_records: Sequence[LesionRecord],
+    val_records: Sequence[LesionRecord],
+    load: Callable[[LesionRecord], bytes],
+    cache_dir: Path,
+    max_distance: int | None = None,
+) -> tuple[list[LesionRecord], list[LesionRecord]]:
+    """``(clean, near)`` val rows: near ones are perceptual duplicates of a training photo
+    (the same picture with other bytes: re-encoded, resized, turned or mirrored).
+
+    pHashes (:mod:`skin_mlops.modeling.near_duplicates`, within
+    ``DEFAULT_MAX_DISTANCE`` bits in any orientation) are cached by SHA-256 in
+    ``cache_dir/phash.sqlite``, so a rerun decodes nothing.
+    """
+    from skin_mlops.modeling import near_duplicates
+
+    if not val_records or not train_records:
+        return list(val_records), []
+    cache = near_duplicates.PhashCache(cache_dir)
+
+    def hashes(rows: Sequence[LesionRecord]) -> np.ndarray:
+        return cache.hashes([(r.sha256, functools.partial(load, r)) for r in rows])
+
+    near = near_duplicates.near_duplicates_of(
+        hashes(val_records),
+        hashes(train_records),
+        near_duplicates.DEFAULT_MAX_DISTANCE if max_distance is None else max_distance,
+    )
+    return (
+        [r for r, hit in zip(val_records, near, strict=True) if not hit],
+        [r for r, hit in zip(val_records, near, strict=True) if hit],
+    )
 
 
 class ImageFetcher:
@@ -883,27 +930,37 @@ def train_and_track(
     # the requirements are pinned explicitly; MLflow still warns that the venv has no pip
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
 
-    # 2. data (val photos that are also training photos left out unless asked)
+    # 2. data (val photos that are also training photos - the same bytes, or the same
+    # picture re-saved - left out unless asked)
     train_records, val_found = records[TRAIN_SPLIT], records[VAL_SPLIT]
+    fetch = ImageFetcher(store, config.storage.bucket, settings.dataset_cache_dir)
     clean_val, leaked_val = split_leaked_val(train_records, val_found)
+    with _timed(timings, "near_duplicates"):
+        clean_val, near_val = split_near_duplicate_val(
+            train_records, clean_val, fetch, settings.feature_cache_dir
+        )
     val_records = val_found if options.keep_leaked_val else clean_val
     if not val_records:
         raise DataError(
-            f"all {len(val_found)} val photos are also training photos (same bytes: leakage); "
-            "add distinct val photos, or train with --keep-leaked-val"
+            f"all {len(val_found)} val photos are also training photos (the same bytes or "
+            "the same picture: leakage); add distinct val photos, or train with "
+            "--keep-leaked-val"
         )
-    if leaked_val:
-        console.print(
-            f"{len(leaked_val)} val photo(s) have the bytes of a training photo (leakage): "
-            + (
-                "kept in val (--keep-leaked-val)"
-                if options.keep_leaked_val
-                else "left out of val (--keep-leaked-val keeps them)"
-            ),
-            style="yellow",
-            highlight=False,
-        )
-    fetch = ImageFetcher(store, config.storage.bucket, settings.dataset_cache_dir)
+    for count, what in (
+        (len(leaked_val), "have the bytes of a training photo (leakage)"),
+        (len(near_val), "are near-duplicates of a training photo (the same picture re-saved)"),
+    ):
+        if count:
+            console.print(
+                f"{count} val photo(s) {what}: "
+                + (
+                    "kept in val (--keep-leaked-val)"
+                    if options.keep_leaked_val
+                    else "left out of val (--keep-leaked-val keeps them)"
+                ),
+                style="yellow",
+                highlight=False,
+            )
 
     def refs(rows: Sequence[LesionRecord]) -> list[ImageRef]:
         return [
@@ -955,6 +1012,7 @@ def train_and_track(
         mlflow.log_metrics(
             {
                 "val_leaked": len(leaked_val),
+                "val_near_duplicates": len(near_val),
                 "val_leaked_excluded": len(val_found) - len(val_records),
             }
         )
@@ -1050,10 +1108,6 @@ def train_and_track(
                 options,
                 progress,
             )
-        model = export.compose_model(
-            backbone.model, heads, backbone.image_size, tta_views=options.tta_views
-        )
-
         # 5. optional fine-tuning of the backbone's top, on the cached activation maps
         if split:
             with _timed(timings, "fine_tuning"):
@@ -1094,6 +1148,19 @@ def train_and_track(
                 axis=0,
             )
 
+        # the out-of-distribution guard, on the pooled features the exported graph computes
+        with _timed(timings, "ood_guard"):
+            if split:  # after fine-tuning the top's features changed: pool the maps again
+                guard_train = pool_maps(split.top, train_table.features, split.map_shape)
+                guard_val = pool_maps(split.top, val_table.features[:, :1], split.map_shape)[:, 0]
+            else:
+                guard_train, guard_val = train_features, val_features[:, 0]
+            guard = _fit_ood_guard(guard_train, y_train, len(labels), options, console)
+            del guard_train
+        model = export.compose_model(
+            backbone.model, heads, backbone.image_size, tta_views=options.tta_views, guard=guard
+        )
+
         # 6. evaluation and calibration
         with _timed(timings, "evaluation"):
             evaluation = evaluate.evaluate_logits(val_logits, y_val, labels)
@@ -1103,6 +1170,13 @@ def train_and_track(
             # compare what it is asked to classify with what the model learned from.
             for index, label in enumerate(labels):
                 metrics[f"train_share_{label}"] = float(np.mean(y_train == index))
+            if guard is not None:
+                val_scores = guard.scores(guard_val)
+                metrics.update(
+                    ood_threshold=guard.threshold,
+                    ood_heldout_pass_rate=guard.heldout_pass_rate,
+                    val_ood_flagged_rate=float(np.mean(val_scores > guard.threshold)),
+                )
             plots = _write_plots(evaluation, history, labels)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(plots), artifact_path="plots")
@@ -1124,7 +1198,7 @@ def train_and_track(
                     for ref in val_refs[:PARITY_IMAGES]
                 ]
             )
-            keras_parity_logits = export.keras_logits(model, parity_pixels)
+            keras_parity_logits, keras_parity_ood = export.keras_outputs(model, parity_pixels)
             _check_cache_consistency(keras_parity_logits, val_logits[:PARITY_IMAGES])
             signature = export_format.ModelSignature(
                 model_version=export_version,
@@ -1140,6 +1214,7 @@ def train_and_track(
                     shape=[None, backbone.image_size, backbone.image_size, 3],
                 ),
                 output=export_format.TensorSpec(name=export.OUTPUT_NAME, shape=[None, len(labels)]),
+                ood=_ood_spec(guard),
                 metrics={k: round(v, 6) for k, v in metrics.items()},
             )
             staging = export_format.new_version_dir(Path(settings.model_dir), export_version)
@@ -1151,8 +1226,13 @@ def train_and_track(
                     staging,
                     parity_pixels,
                     reference_logits=keras_parity_logits,
+                    reference_ood=keras_parity_ood,
                     backbone_onnx=backbone_onnx if fast_onnx else None,
-                    heads=export.heads_model(heads, backbone.feature_dim) if fast_onnx else None,
+                    heads=(
+                        export.heads_model(heads, backbone.feature_dim, guard)
+                        if fast_onnx
+                        else None
+                    ),
                 )
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -1167,7 +1247,9 @@ def train_and_track(
 
         # 8. tracking: models, metadata, registry
         with _timed(timings, "tracking"):
-            mlflow_signature = tracking.mlflow_signature(backbone.image_size, len(labels))
+            mlflow_signature = tracking.mlflow_signature(
+                backbone.image_size, len(labels), with_ood=guard is not None
+            )
             mlflow.log_artifact(str(staging / export_format.CLASS_INDEX_FILE), "export/data")
             mlflow.log_artifact(str(staging / export_format.SIGNATURE_FILE), "export/inference")
             import mlflow.keras
@@ -1272,6 +1354,48 @@ def _write_plots(
     return folder
 
 
+def _fit_ood_guard(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    options: TrainingOptions,
+    console: Console,
+) -> OodGuard | None:
+    """The out-of-distribution guard (:mod:`skin_mlops.modeling.ood`), or None (with a
+    yellow line) when some class has too few training photos to hold any out."""
+    import mlflow
+
+    from skin_mlops.modeling import ood
+
+    try:
+        guard = ood.fit_guard(
+            features, labels, num_classes, pass_rate=options.ood_pass_rate, seed=options.seed
+        )
+    except DataError as exc:
+        console.print(f"no out-of-distribution guard: {exc}", style="yellow", highlight=False)
+        mlflow.log_param("ood_guard", "none")
+        return None
+    mlflow.log_params({"ood_guard": ood.METHOD, "ood_folds": guard.folds})
+    return guard
+
+
+def _ood_spec(guard: OodGuard | None) -> export_format.OodSpec | None:
+    """The guard as ``signature.json`` describes it."""
+    from skin_mlops import export_format
+    from skin_mlops.modeling import export, ood
+
+    if guard is None:
+        return None
+    return export_format.OodSpec(
+        method=ood.METHOD,
+        output=export_format.TensorSpec(name=export.OOD_OUTPUT_NAME, shape=[None]),
+        threshold=guard.threshold,
+        pass_rate=guard.pass_rate,
+        heldout_pass_rate=guard.heldout_pass_rate,
+        heldout_photos=guard.heldout_photos,
+    )
+
+
 def _check_cache_consistency(fresh: np.ndarray, cached_logits: np.ndarray) -> None:
     """The exported Keras graph's logits on real pixels (``fresh``) must be the logits
     the cached features gave."""
@@ -1364,6 +1488,15 @@ def train_command(
             "of val for training and evaluation, and counted).",
         ),
     ] = False,
+    ood_pass_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=0.999,
+            help="Share of held-out training photos the out-of-distribution guard lets "
+            "through (its threshold).",
+        ),
+    ] = DEFAULT_OOD_PASS_RATE,
     promotion_min_delta: Annotated[
         float | None,
         typer.Option(
@@ -1392,6 +1525,7 @@ def train_command(
         fine_tune_epochs=fine_tune_epochs,
         seed=seed,
         keep_leaked_val=keep_leaked_val,
+        ood_pass_rate=ood_pass_rate,
     )
     settings = get_settings()
     console = Console()

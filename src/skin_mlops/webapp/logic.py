@@ -75,6 +75,20 @@ def uncertainty_warning(confidence: float, threshold: float) -> str | None:
     )
 
 
+OUT_OF_DISTRIBUTION_WARNING = (
+    "This does not look like the clinical skin photos the model was trained on, so its "
+    "label means nothing here. Upload a close, well-lit photo of the skin lesion itself."
+)
+
+
+def prediction_warning(prediction: Prediction, threshold: float) -> str | None:
+    """The out-of-distribution warning first (a confident answer about a photo unlike the
+    training photos is still meaningless), else the low-confidence one, else ``None``."""
+    if prediction.in_distribution is False:
+        return OUT_OF_DISTRIBUTION_WARNING
+    return uncertainty_warning(prediction.confidence, threshold)
+
+
 def error_message(error: ApiError) -> str:
     """What the page says when a call to the API failed (never a traceback)."""
     if isinstance(error, ApiUnreachable):
@@ -129,7 +143,7 @@ def result_view(prediction: Prediction, *, k: int, threshold: float) -> ResultVi
         confidence=prediction.confidence,
         ranked=ranked,
         chart=probability_chart(ranked),
-        warning=uncertainty_warning(prediction.confidence, threshold),
+        warning=prediction_warning(prediction, threshold),
         model_version=prediction.model_version,
         inference_ms=prediction.inference_ms,
     )
