@@ -88,6 +88,7 @@ def main(
     from skin_mlops.dataset_config import load_dataset_config
     from skin_mlops.modeling import evaluate
     from skin_mlops.modeling.backbones import build_backbone
+    from skin_mlops.modeling.data import ImageFetcher, load_records
     from skin_mlops.modeling.export import keras_logits
     from skin_mlops.modeling.features import (
         FeatureSpace,
@@ -96,14 +97,9 @@ def main(
         extract_features,
         view_ids,
     )
+    from skin_mlops.modeling.heads import make_progress, train_heads
     from skin_mlops.modeling.onnx_backbone import ensure_backbone_onnx, onnx_feature_function
-    from skin_mlops.modeling.train import (
-        ImageFetcher,
-        TrainingOptions,
-        load_records,
-        make_progress,
-        train_heads,
-    )
+    from skin_mlops.modeling.options import TrainingOptions
     from skin_mlops.storage import make_object_store
 
     settings = get_settings()

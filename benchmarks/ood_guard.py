@@ -121,14 +121,11 @@ def main(
         raise typer.Exit(2)
     from skin_mlops.modeling import ood
     from skin_mlops.modeling.backbones import build_backbone
+    from skin_mlops.modeling.data import sha256_bytes
     from skin_mlops.modeling.features import FeatureSpace, FeatureStore, ImageRef, extract_features
+    from skin_mlops.modeling.heads import make_progress
     from skin_mlops.modeling.onnx_backbone import ensure_backbone_onnx, onnx_feature_function
-    from skin_mlops.modeling.train import (
-        DEFAULT_VIEWS,
-        TrainingOptions,
-        make_progress,
-        sha256_bytes,
-    )
+    from skin_mlops.modeling.options import DEFAULT_VIEWS, TrainingOptions
 
     options = TrainingOptions()
     backbone = build_backbone(

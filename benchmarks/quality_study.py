@@ -37,7 +37,7 @@ import typer
 
 from skin_mlops.export_format import softmax
 from skin_mlops.modeling.features import DIHEDRAL_VIEWS, dihedral
-from skin_mlops.modeling.train import class_weights as balanced_class_weights
+from skin_mlops.modeling.heads import class_weights as balanced_class_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -139,14 +139,9 @@ def plain_training(work: Path, params: dict[str, str]) -> dict:
     from skin_mlops.modeling.evaluate import classification_report
     from skin_mlops.modeling.export import compose_model, keras_logits
     from skin_mlops.modeling.features import ImageRef, view_ids
-    from skin_mlops.modeling.train import (
-        TrainingOptions,
-        _compile,
-        build_head,
-        class_weights,
-        make_progress,
-        render_images,
-    )
+    from skin_mlops.modeling.fine_tune import render_images
+    from skin_mlops.modeling.heads import build_head, class_weights, compile_model, make_progress
+    from skin_mlops.modeling.options import TrainingOptions
 
     options = TrainingOptions.from_params(params)
     records = read_lesions(work / "data" / "metadata" / "skin_metadata.db", "dermnet5")
@@ -195,7 +190,7 @@ def plain_training(work: Path, params: dict[str, str]) -> dict:
         model = compose_model(
             backbone.model, heads, options.image_size, tta_views=options.tta_views
         )
-        _compile(
+        compile_model(
             model,
             options.learning_rate,
             options,
@@ -267,12 +262,9 @@ def extract_once_training(work: Path, params: dict[str, str]) -> dict:
     from skin_mlops.modeling.evaluate import classification_report
     from skin_mlops.modeling.export import keras_logits
     from skin_mlops.modeling.features import ImageRef, view_ids
-    from skin_mlops.modeling.train import (
-        TrainingOptions,
-        make_progress,
-        render_images,
-        train_heads,
-    )
+    from skin_mlops.modeling.fine_tune import render_images
+    from skin_mlops.modeling.heads import make_progress, train_heads
+    from skin_mlops.modeling.options import TrainingOptions
 
     options = TrainingOptions.from_params(params)
     records = read_lesions(work / "data" / "metadata" / "skin_metadata.db", "dermnet5")
@@ -332,13 +324,14 @@ def extract_once_training(work: Path, params: dict[str, str]) -> dict:
             train_features, y_train, val_features, y_val, len(LABELS), options, progress
         )
     logits = np.mean([keras_logits(h, val_features[:, 0], batch_size=256) for h in heads], axis=0)
-    elapsed = time.perf_counter() - started
+    finished = time.perf_counter()
+    elapsed = finished - started
     report = classification_report(y_val, logits.argmax(1), LABELS)
     return {
         "wall_s": elapsed,
         "decode_s": decoded - started,
         "extract_s": extracted - decoded,
-        "fit_s": elapsed - extracted,
+        "fit_s": finished - extracted,
         "val_macro_f1": report.macro_f1,
         "val_accuracy": report.accuracy,
     }
@@ -573,7 +566,7 @@ def compare_command(
 ) -> None:
     """Compare cached-feature training with plain Keras fit (wall time, val macro-F1)."""
     _need_dataset()
-    from skin_mlops.modeling.train import DEFAULT_VIEWS
+    from skin_mlops.modeling.options import DEFAULT_VIEWS
 
     compare(epochs, views or DEFAULT_VIEWS, with_plain=plain)
 

@@ -22,14 +22,14 @@ from skin_mlops.core.errors import DataError, StorageError
 from skin_mlops.dataset_config import load_dataset_config
 from skin_mlops.ingestion.run import run_ingestion
 from skin_mlops.metadata import LesionRecord
-from skin_mlops.modeling.train import (
+from skin_mlops.modeling.data import (
     ImageFetcher,
-    class_weights,
     dataset_fingerprint,
     load_records,
     split_leaked_val,
     split_near_duplicate_val,
 )
+from skin_mlops.modeling.heads import class_weights
 from skin_mlops.storage import S3ObjectStore
 
 

@@ -32,9 +32,12 @@ app = typer.Typer(
 from skin_mlops.ingestion.cli import ingest_command  # noqa: E402
 
 app.command("ingest")(ingest_command)
-from skin_mlops.modeling.train import train_command  # noqa: E402
+from skin_mlops.modeling.train_cli import train_command  # noqa: E402
 
 app.command("train")(train_command)
+from skin_mlops.modeling.cross_validate import cv_command  # noqa: E402
+
+app.command("cv")(cv_command)
 from skin_mlops.api.cli import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)

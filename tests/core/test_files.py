@@ -112,7 +112,7 @@ def test_image_fetcher_leaves_no_temporary_file_when_its_cache_write_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from skin_mlops.metadata import LesionRecord
-    from skin_mlops.modeling.train import ImageFetcher
+    from skin_mlops.modeling.data import ImageFetcher
     from skin_mlops.storage import LocalObjectStore
 
     data = b"\xff\xd8 not really a jpeg \xff\xd9"

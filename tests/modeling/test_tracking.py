@@ -363,7 +363,8 @@ def test_training_against_a_real_mlflow_server(
     import mlflow
 
     from skin_mlops.ingestion.run import run_ingestion
-    from skin_mlops.modeling.train import TrainingOptions, run_training
+    from skin_mlops.modeling.options import TrainingOptions
+    from skin_mlops.modeling.train import run_training
 
     dataset = colour_dataset_factory(tmp_path / "data", per_label={"train": 4, "val": 2})
     settings = settings_factory(tmp_path / "work", mlflow_tracking_uri=mlflow_server)

@@ -30,7 +30,8 @@ from skin_mlops.core.config import Settings
 from skin_mlops.core.errors import DataError, ServiceUnavailableError, StorageError
 from skin_mlops.ingestion.run import run_ingestion
 from skin_mlops.metadata import read_lesions
-from skin_mlops.modeling.train import TrainingOptions, TrainingResult, run_training
+from skin_mlops.modeling.options import TrainingOptions
+from skin_mlops.modeling.train import TrainingResult, run_training
 
 WEAK = TrainingOptions(
     fine_tune_layers=0, epochs=1, learning_rate=1e-5, views=2, batch_size=8, seed=3
@@ -718,7 +719,8 @@ def test_tta_run_exports_the_averaged_model(
 
 def test_a_feature_dead_in_training_cannot_blow_up_the_logits() -> None:
     """A feature constant on the training photos and active on a val one stays bounded."""
-    from skin_mlops.modeling.train import TrainingOptions, build_head, feature_variance_floor
+    from skin_mlops.modeling.heads import build_head, feature_variance_floor
+    from skin_mlops.modeling.options import TrainingOptions
 
     rng = np.random.default_rng(0)
     train = rng.normal(1.0, 1.0, size=(64, 8))

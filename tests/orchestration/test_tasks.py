@@ -43,7 +43,7 @@ def test_an_api_that_refuses_the_reload_fails_the_task(live_api: str) -> None:
 
 
 def test_the_b0_backbone_gets_the_one_pooling_it_supports() -> None:
-    from skin_mlops.modeling.train import TrainingOptions
+    from skin_mlops.modeling.options import TrainingOptions
 
     overrides = training_overrides({"backbone": "efficientnet_b0"})
     options = TrainingOptions(**overrides)

@@ -160,7 +160,7 @@ class SamePhotoScorer:
 
 def store_scorer(val_set: ValSet, store: ObjectStore, settings: Settings) -> SamePhotoScorer:
     """A scorer whose photos come from the dataset cache, else the object store."""
-    from skin_mlops.modeling.train import ImageFetcher
+    from skin_mlops.modeling.data import ImageFetcher
 
     fetch = ImageFetcher(store, val_set.bucket, settings.dataset_cache_dir)
     return SamePhotoScorer(

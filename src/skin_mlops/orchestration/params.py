@@ -3,7 +3,7 @@
 ``airflow/dags/train_pipeline_dag.py`` turns :data:`TRAIN_PARAMS` into ``airflow.sdk.Param``
 objects, so a bad ``--conf`` (wrong type, out of range) is refused before any task runs,
 with a message naming the param; :func:`training_overrides` turns a run's params into
-:class:`~skin_mlops.modeling.train.TrainingOptions` overrides.
+:class:`~skin_mlops.modeling.options.TrainingOptions` overrides.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def train(
 
     Returns run id, registered version and validation metrics (for ``evaluate_and_promote``).
     """
-    from skin_mlops.modeling.train import TrainingOptions, run_training
+    from skin_mlops.modeling.options import TrainingOptions
+    from skin_mlops.modeling.train import run_training
     from skin_mlops.orchestration.params import training_overrides
 
     options = TrainingOptions(**training_overrides(params))

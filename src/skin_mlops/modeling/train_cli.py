@@ -1,0 +1,164 @@
+"""``skin-mlops train``: the command line of :func:`skin_mlops.modeling.train.run_training`.
+
+Options map one to one onto :class:`~skin_mlops.modeling.options.TrainingOptions`; the run
+prints its progress, then a summary table and the registry decision.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from skin_mlops.core.cli_options import DatasetConfigOption
+from skin_mlops.core.config import get_settings
+from skin_mlops.dataset_config import load_dataset_config
+from skin_mlops.modeling.options import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_FINE_TUNE_EPOCHS,
+    DEFAULT_FINE_TUNE_LAYERS,
+    DEFAULT_HEADS,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_OOD_PASS_RATE,
+    DEFAULT_POOLING,
+    DEFAULT_SEED,
+    DEFAULT_TTA_VIEWS,
+    DEFAULT_VIEWS,
+    TrainingOptions,
+)
+from skin_mlops.modeling.train import TrainingResult, run_training
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def _print_summary(result: TrainingResult, labels: list[str], console: Console) -> None:
+    m = result.metrics
+    table = Table(title=f"run {result.run_id}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "val_ece_before_scaling",
+        "val_ece_after_scaling",
+        "val_ece_floor_calibrated",
+        "temperature",
+    ):
+        table.add_row(key, f"{m[key]:.4f}")
+    for label in labels:
+        table.add_row(f"f1 {label}", f"{m[f'val_f1_{label}']:.3f}")
+    table.add_row(
+        "features extracted / reused", f"{result.features_extracted} / {result.features_reused}"
+    )
+    table.add_row("ONNX vs Keras max |dp|", f"{result.parity_max_abs_prob_diff:.1e}")
+    table.add_row("time (s)", f"{result.timings.get('total', 0):.1f}")
+    console.print(table)
+    console.print(result.decision, highlight=False)
+    if result.published_dir is not None:
+        console.print(f"published: {result.published_dir}", highlight=False)
+    console.print(f"uploaded: {result.export_uri}", highlight=False)
+
+
+def train_command(
+    dataset_config: DatasetConfigOption = None,
+    epochs: Annotated[int, typer.Option(help="Head training epochs.")] = DEFAULT_EPOCHS,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = DEFAULT_BATCH_SIZE,
+    learning_rate: Annotated[float, typer.Option(help="Head learning rate.")] = (
+        DEFAULT_LEARNING_RATE
+    ),
+    backbone: Annotated[
+        str, typer.Option(help="Backbone: efficientnet_lite0 or efficientnet_b0.")
+    ] = DEFAULT_BACKBONE,
+    image_size: Annotated[int, typer.Option(help="Input side S in pixels.")] = (DEFAULT_IMAGE_SIZE),
+    views: Annotated[
+        int, typer.Option(help="Cached views per training photo (1 = no augmentation).")
+    ] = DEFAULT_VIEWS,
+    pooling: Annotated[
+        str,
+        typer.Option(
+            help="Backbone pooling: avg, avg+mid (+ block-6 average) or multi "
+            "(+ blocks 6/5/4; Lite0)."
+        ),
+    ] = DEFAULT_POOLING,
+    heads: Annotated[
+        int, typer.Option(help="Heads trained with different seeds, averaged in the model.")
+    ] = DEFAULT_HEADS,
+    tta_views: Annotated[
+        int,
+        typer.Option(help="Dihedral views averaged inside the exported model (1, 2, 4, 8)."),
+    ] = DEFAULT_TTA_VIEWS,
+    fine_tune_layers: Annotated[
+        int,
+        typer.Option(
+            help="Fine-tune the top N backbone layers (weight layers, BatchNorm counted but "
+            "kept frozen) on cached activation maps after the head (0 = off)."
+        ),
+    ] = DEFAULT_FINE_TUNE_LAYERS,
+    fine_tune_epochs: Annotated[
+        int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
+    ] = DEFAULT_FINE_TUNE_EPOCHS,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULT_SEED,
+    keep_leaked_val: Annotated[
+        bool,
+        typer.Option(
+            "--keep-leaked-val",
+            help="Keep val photos whose bytes are also training photos (default: left out "
+            "of val for training and evaluation, and counted).",
+        ),
+    ] = False,
+    ood_pass_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=0.999,
+            help="Share of held-out training photos the out-of-distribution guard lets "
+            "through (its threshold).",
+        ),
+    ] = DEFAULT_OOD_PASS_RATE,
+    promotion_min_delta: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Val macro-F1 improvement over the champion (re-scored on this run's val "
+            "photos) needed to take @champion (default: PROMOTION_MIN_DELTA, 0.01).",
+        ),
+    ] = None,
+) -> None:
+    """Train the classifier on the ingested images; log to MLflow; export and publish."""
+    from skin_mlops.core.native_logs import filter_native_stderr
+
+    filter_native_stderr()  # TensorFlow's unconditional C++ start-up lines (see module)
+    options = TrainingOptions(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        backbone=backbone,
+        backbone_options=(("pooling", pooling),),
+        image_size=image_size,
+        views=views,
+        heads=heads,
+        tta_views=tta_views,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
+        seed=seed,
+        keep_leaked_val=keep_leaked_val,
+        ood_pass_rate=ood_pass_rate,
+    )
+    settings = get_settings()
+    console = Console()
+    config_path = dataset_config or settings.dataset_config
+    result = run_training(
+        config_path,
+        settings=settings,
+        options=options,
+        console=console,
+        min_delta=promotion_min_delta,
+    )
+    _print_summary(result, load_dataset_config(config_path).labels, console)
