@@ -15,19 +15,20 @@ from typing import Annotated
 import typer
 from fastapi import FastAPI, File, UploadFile
 
+from skin_mlops.modeling.export import load_keras_model
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_app(export: Path) -> FastAPI:
     """The naive app for the export at ``export`` (loads the Keras model)."""
-    import keras
 
     from skin_mlops.export_format import KERAS_MODEL_FILE, read_signature, softmax
     from skin_mlops.preprocessing import preprocess_bytes
 
     folder = export.resolve()
     signature = read_signature(folder)
-    model = keras.models.load_model(folder / KERAS_MODEL_FILE, compile=False)
+    model = load_keras_model(folder / KERAS_MODEL_FILE, logits_only=True)
     app = FastAPI(title="naive keras baseline")
 
     @app.get("/ready")

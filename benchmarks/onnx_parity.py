@@ -27,6 +27,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skin_mlops.modeling.export import load_keras_model
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +60,6 @@ def main(
         console.print("[red]no exported model: run benchmarks/train_benchmark.py default first")
         raise typer.Exit(2)
 
-    import keras
-
     from skin_mlops import export_format
     from skin_mlops.modeling.export import keras_logits, onnx_logits, onnx_session
     from skin_mlops.preprocessing import preprocess_bytes
@@ -73,7 +73,7 @@ def main(
     images = np.stack([preprocess_bytes(p.read_bytes(), signature.image_size) for p, _ in photos])
     labels = np.array([y for _, y in photos])
 
-    model = keras.saving.load_model(folder / export_format.KERAS_MODEL_FILE)
+    model = load_keras_model(folder / export_format.KERAS_MODEL_FILE)
     session = onnx_session(folder / export_format.ONNX_MODEL_FILE)
     keras_logits(model, images[:2])  # warm-up (graph tracing)
     onnx_logits(session, images[:2])

@@ -59,6 +59,8 @@ from serve_common import (  # noqa: E402
     val_photos,
 )
 
+from skin_mlops.modeling.export import load_keras_model  # noqa: E402
+
 CONCURRENCY = (1, 8, 32)
 console = Console(width=160)
 
@@ -87,7 +89,6 @@ def json_tensor_sender(payloads: list[bytes]):  # noqa: ANN201
 
 def log_keras_model_to_mlflow(export: Path) -> tuple[str, str]:
     """Log the export's Keras model to a temp MLflow store; return (tracking URI, model URI)."""
-    import keras
     import mlflow
     from mlflow.models import infer_signature
 
@@ -99,7 +100,7 @@ def log_keras_model_to_mlflow(export: Path) -> tuple[str, str]:
     mlflow.set_tracking_uri(tracking_uri)
     folder = export.resolve()
     signature = read_signature(folder)
-    model = keras.models.load_model(folder / KERAS_MODEL_FILE, compile=False)
+    model = load_keras_model(folder / KERAS_MODEL_FILE, logits_only=True)
     size = signature.image_size
     example = np.zeros((1, size, size, 3), np.float32)
     mlflow_signature = infer_signature(example, np.asarray(model(example)))

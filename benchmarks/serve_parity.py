@@ -24,20 +24,21 @@ from rich.progress import track
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import OUT, resolve_model, val_photos  # noqa: E402
 
+from skin_mlops.modeling.export import load_keras_model
+
 TOLERANCE = 1e-4
 console = Console()
 
 
 def keras_probabilities(export: Path, photos: list[Path]) -> tuple[np.ndarray, list[str]]:
     """Calibrated probabilities from ``model.keras`` (TensorFlow), one row per photo."""
-    import keras
 
     from skin_mlops.export_format import KERAS_MODEL_FILE, read_signature, softmax
     from skin_mlops.preprocessing import preprocess_bytes
 
     folder = export.resolve()
     signature = read_signature(folder)
-    model = keras.models.load_model(folder / KERAS_MODEL_FILE, compile=False)
+    model = load_keras_model(folder / KERAS_MODEL_FILE, logits_only=True)
     rows = []
     for photo in track(photos, description="keras", console=console):
         x = preprocess_bytes(photo.read_bytes(), signature.image_size)[None]

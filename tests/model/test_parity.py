@@ -26,12 +26,11 @@ def test_onnx_and_keras_agree_on_the_val_photos(
     keras_file = model_folder / export_format.KERAS_MODEL_FILE
     if not keras_file.is_file():  # the registry's copy holds the ONNX model only
         pytest.skip(f"no {export_format.KERAS_MODEL_FILE} in {model_folder} (models:/ source)")
-    keras = pytest.importorskip("keras", reason="the Keras model needs TensorFlow (train group)")
+    pytest.importorskip("keras", reason="the Keras model needs TensorFlow (train group)")
     from skin_mlops.modeling import export
 
-    export._tta_layers()  # registers the in-graph TTA layers a --tta-views model uses
-    keras_model = keras.saving.load_model(keras_file, compile=False)
-    keras_logits = export.keras_logits(keras_model, val_set.tensors)
+    keras_model = export.load_keras_model(keras_file)
+    keras_logits, keras_ood = export.keras_outputs(keras_model, val_set.tensors)
     p_onnx = served_model.probabilities(val_set.logits)
     p_keras = served_model.probabilities(keras_logits)
     delta = float(np.abs(p_onnx - p_keras).max())
@@ -42,3 +41,9 @@ def test_onnx_and_keras_agree_on_the_val_photos(
     )
     assert delta <= pytestconfig.getoption("--max-prob-delta")
     assert same_top1 == len(p_onnx)
+    if served_model.signature.ood is not None:  # the guard's score: the same in both
+        _, onnx_ood = served_model.outputs(val_set.tensors)
+        assert keras_ood is not None and onnx_ood is not None
+        relative = float(np.max(np.abs(onnx_ood - keras_ood) / np.abs(keras_ood)))
+        figure(f"ONNX vs Keras ood_score: max relative difference {relative:.1e}")
+        assert relative <= export.OOD_PARITY_RTOL

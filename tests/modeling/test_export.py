@@ -13,6 +13,7 @@ from skin_mlops.modeling.export import (
     compare_logits,
     compose_model,
     keras_logits,
+    load_keras_model,
     onnx_logits,
     onnx_session,
     publish_export,
@@ -81,10 +82,9 @@ def test_write_export_then_publish_and_upload(tmp_path: Path, tiny_backbone) -> 
         assert (final / relative).is_file()
 
     # ONNX Runtime on other generated images agrees with the reloaded Keras file
-    import keras
 
     images = _images(7, 32, seed=9)
-    reloaded = keras.saving.load_model(final / export_format.KERAS_MODEL_FILE)
+    reloaded = load_keras_model(final / export_format.KERAS_MODEL_FILE)
     parity = compare_logits(
         keras_logits(reloaded, images),
         onnx_logits(onnx_session(final / export_format.ONNX_MODEL_FILE), images),
@@ -162,9 +162,8 @@ def test_in_graph_dihedral_tta_is_the_mean_over_transformed_inputs(tmp_path, tin
     staging = export_format.new_version_dir(tmp_path / "runs" / "skin5-current", "tta")
     result = write_export(tta, _signature(32), staging, images)  # tf2onnx + ORT parity
     assert result.parity.ok and result.signature.output.name == "logits"
-    import keras
 
-    reloaded = keras.saving.load_model(staging / export_format.KERAS_MODEL_FILE)
+    reloaded = load_keras_model(staging / export_format.KERAS_MODEL_FILE)
     np.testing.assert_allclose(keras_logits(reloaded, images), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -30,6 +30,7 @@ from skin_mlops.core.config import Settings
 from skin_mlops.core.errors import DataError, ServiceUnavailableError, StorageError
 from skin_mlops.ingestion.run import run_ingestion
 from skin_mlops.metadata import read_lesions
+from skin_mlops.modeling.export import load_keras_model
 from skin_mlops.modeling.options import TrainingOptions
 from skin_mlops.modeling.train import TrainingResult, run_training
 
@@ -283,7 +284,6 @@ def test_the_export_carries_an_ood_guard_that_flags_what_is_not_a_photo_of_the_d
 
 
 def test_onnx_and_keras_exports_agree_on_generated_images(workspace: Workspace) -> None:
-    import keras
 
     from skin_mlops.modeling.evaluate import softmax
     from skin_mlops.modeling.export import keras_outputs, onnx_outputs, onnx_session
@@ -292,7 +292,7 @@ def test_onnx_and_keras_exports_agree_on_generated_images(workspace: Workspace) 
     signature = export_format.read_signature(folder)
     rng = np.random.default_rng(7)
     images = rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
-    reloaded = keras.saving.load_model(folder / export_format.KERAS_MODEL_FILE)
+    reloaded = load_keras_model(folder / export_format.KERAS_MODEL_FILE)
     keras_logits, keras_ood = keras_outputs(reloaded, images)
     onnx = onnx_outputs(onnx_session(folder / export_format.ONNX_MODEL_FILE), images)
     keras_probs = softmax(keras_logits, signature.temperature)
@@ -711,9 +711,8 @@ def test_tta_run_exports_the_averaged_model(
     )
     assert result.features_extracted == 9 + 6 * 8  # val: centre + 7 dihedral views
     assert result.parity_max_abs_prob_diff <= 1e-4
-    import keras
 
-    model = keras.saving.load_model(result.published_dir / export_format.KERAS_MODEL_FILE)
+    model = load_keras_model(result.published_dir / export_format.KERAS_MODEL_FILE)
     assert model.get_layer("tta_dihedral_views").views == 8
 
 

@@ -172,6 +172,22 @@ def compose_model(
     return keras.Model(image, [x, score], name="skin_classifier")
 
 
+def load_keras_model(path: Path, *, logits_only: bool = False) -> keras.Model:
+    """Load an exported ``model.keras`` (its custom layers registered first: in-graph TTA,
+    the out-of-distribution guard). ``logits_only``: a model of the first output alone,
+    for tools that expect one output (MLflow's Keras flavour, a plain ``predict``)."""
+    import keras
+
+    from skin_mlops.modeling import ood
+
+    _tta_layers()
+    ood._layers()
+    model = keras.saving.load_model(path, compile=False)
+    if logits_only and len(model.outputs) > 1:
+        return keras.Model(model.inputs, model.outputs[0], name="skin_classifier_logits")
+    return model
+
+
 def keras_outputs(
     model: keras.Model, images: np.ndarray, batch_size: int = 16
 ) -> tuple[np.ndarray, np.ndarray | None]:
