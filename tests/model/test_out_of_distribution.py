@@ -57,12 +57,18 @@ def test_the_guard_lets_the_val_photos_through(
 
 
 def test_images_that_are_not_skin_are_all_flagged(
-    guarded: LoadedModel, figure: Callable[[str], None]
+    guarded: LoadedModel, pytestconfig: pytest.Config, figure: Callable[[str], None]
 ) -> None:
-    """Flat colours, noise, text pages, checkerboards, gradients (3 seeds each)."""
+    """The ``--ood-probes`` kinds (default: flat colours, noise, text pages, checkerboards,
+    gradients), 3 seeds each."""
+    probes = [p.strip() for p in pytestconfig.getoption("--ood-probes").split(",") if p.strip()]
+    unknown = sorted(set(probes) - set(non_skin_images()))
+    assert probes and not unknown, f"--ood-probes: unknown kinds {unknown}"
     names, pixels = [], []
     for seed in range(3):
         for name, image in non_skin_images(seed=seed).items():
+            if name not in probes:
+                continue
             names.append(f"{name} #{seed}")
             pixels.append(to_model_input(image, guarded.image_size))
     flagged = _flagged(guarded, np.stack(pixels))

@@ -177,6 +177,11 @@ def test_the_run_has_every_param_metric_and_artifact(workspace: Workspace) -> No
     for label in workspace.labels:
         for kind in ("precision", "recall", "f1"):
             assert f"val_{kind}_{label}" in metrics
+    # each stage's wall time and the peak resident memory after it (never decreasing)
+    stages = ["checks", "data", "backbone", "features", "head_training", "ood_guard", "export"]
+    peaks = [metrics[f"peak_rss_mb_after_{stage}"] for stage in stages]
+    assert all(f"time_{stage}_s" in metrics for stage in stages)
+    assert peaks == sorted(peaks) and 50 < peaks[0] <= metrics["peak_rss_mb"]
 
     artifacts = {a.path for a in client.list_artifacts(strong.run_id, "plots")}
     assert artifacts == {

@@ -37,6 +37,7 @@ DEFAULT_MIN_INVARIANCE = 0.95
 DEFAULT_MAX_PROB_DELTA = 1e-4
 DEFAULT_PHASH_DISTANCE = 32  # of 256 bits; see utils.perceptual
 DEFAULT_MAX_OOD_FLAGGED = 0.05
+NON_SKIN_PROBES = ("flat colour", "noise", "text page", "checkerboard", "gradient")
 
 _FIGURES: dict[str, pytest.StashKey[list[str]]] = {
     "model": pytest.StashKey[list[str]](),
@@ -93,6 +94,13 @@ def add_suite_options(parser: pytest.Parser) -> None:
         type=float,
         default=DEFAULT_MAX_OOD_FLAGGED,
         help="share of val photos the out-of-distribution guard may flag (default %(default)s)",
+    )
+    group.addoption(
+        "--ood-probes",
+        default=",".join(NON_SKIN_PROBES),
+        help="generated non-skin images the guard must flag, comma-separated (default "
+        "%(default)s); a model trained on generated colour fields (the CI model) sees flat "
+        "colour and noise as its own kind of photo",
     )
     group.addoption(
         "--phash-distance",

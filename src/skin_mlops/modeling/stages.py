@@ -49,13 +49,26 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Add the wall time of the ``with`` block to ``timings[name]`` (seconds)."""
+def timed(
+    timings: dict[str, float], name: str, peaks: dict[str, float] | None = None
+) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``timings[name]`` (seconds); with
+    ``peaks``, also the process's peak resident memory so far (MiB) when the block ends,
+    so the stage where the peak grows shows (``peak_rss_mb_after_<stage>`` in MLflow)."""
     start = time.perf_counter()
     try:
         yield
     finally:
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
+        if peaks is not None:
+            peaks[name] = peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MiB (``getrusage``; Linux: KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def quiet_libraries() -> None:
@@ -118,6 +131,7 @@ def frozen_features(
     settings: Settings,
     progress: Progress,
     timings: dict[str, float],
+    peaks: dict[str, float] | None = None,
 ) -> FrozenFeatures:
     """Features of ``options.views`` views per training photo and of the first
     ``options.tta_views`` dihedral views per evaluation photo, from the feature cache
@@ -135,7 +149,7 @@ def frozen_features(
     compute = None
     if split is None:
         # the frozen backbone on ONNX Runtime (converted once per feature space, cached)
-        with timed(timings, "backbone_onnx"):
+        with timed(timings, "backbone_onnx", peaks):
             from skin_mlops.modeling.onnx_backbone import (
                 ensure_backbone_onnx,
                 onnx_feature_function,
@@ -147,7 +161,7 @@ def frozen_features(
                 settings.weights_cache_dir,
             )
             compute = onnx_feature_function(backbone_onnx) if backbone_onnx else None
-    with timed(timings, "features"):
+    with timed(timings, "features", peaks):
         # with fine-tuning, the cache holds the activation map at the cut, and the
         # pooled features are the (still frozen) top applied to it
         extractor = split.bottom if split else backbone

@@ -119,6 +119,7 @@ class TrainingResult:
     features_reused: int
     parity_max_abs_prob_diff: float
     timings: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # after each stage
     val_leaked_excluded: int = 0  # val photos left out: their bytes are training photos
 
 
@@ -188,6 +189,7 @@ def train_and_track(
     stages.quiet_libraries()
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}  # peak resident memory (MiB) after each stage
     settings = settings or get_settings()
     options = options or TrainingOptions()
     console = console or Console()
@@ -195,7 +197,7 @@ def train_and_track(
     labels = list(config.labels)
 
     # 1. checks, before any heavy work
-    with timed(timings, "checks"):
+    with timed(timings, "checks", peaks):
         records = load_records(config)
         experiment_id = tracking.connect(settings)
         store = store or make_object_store(settings)
@@ -208,7 +210,7 @@ def train_and_track(
 
     # 2. data (val photos that are also training photos - the same bytes, or the same
     # picture re-saved - left out unless asked)
-    with timed(timings, "data"):
+    with timed(timings, "data", peaks):
         data = prepare_training_data(
             records, config, store, settings, keep_leaked_val=options.keep_leaked_val
         )
@@ -221,7 +223,7 @@ def train_and_track(
     counts = Counter((r.split, r.label) for r in train_records + val_records)
 
     # the backbone (a missing weights file fails here, before a run is opened)
-    with timed(timings, "backbone"):
+    with timed(timings, "backbone", peaks):
         backbone = backbone or stages.build_run_backbone(options, settings)
 
     keras.utils.set_random_seed(options.seed)
@@ -271,7 +273,7 @@ def train_and_track(
         )
         tracking.log_params(params)
         features = stages.frozen_features(
-            backbone, train_refs, val_refs, options, settings, progress, timings
+            backbone, train_refs, val_refs, options, settings, progress, timings, peaks
         )
         split, backbone_onnx = features.split, features.backbone_onnx
         train_features, val_features = features.train, features.evaluation
@@ -289,7 +291,7 @@ def train_and_track(
             mlflow.log_param("fine_tune_cut", split.cut)
 
         # 4. head(s) on cached features
-        with timed(timings, "head_training"):
+        with timed(timings, "head_training", peaks):
             heads, history = train_heads(
                 train_features,
                 y_train,
@@ -301,7 +303,7 @@ def train_and_track(
             )
         # 5. optional fine-tuning of the backbone's top, on the cached activation maps
         if split:
-            with timed(timings, "fine_tuning"):
+            with timed(timings, "fine_tuning", peaks):
                 fine_tuned, fine_tune_history = fine_tune_on_maps(
                     split,
                     backbone.model,
@@ -333,7 +335,7 @@ def train_and_track(
             val_logits = stages.ensemble_logits(heads, val_features)
 
         # the out-of-distribution guard, on the pooled features the exported graph computes
-        with timed(timings, "ood_guard"):
+        with timed(timings, "ood_guard", peaks):
             if split:  # after fine-tuning the top's features changed: pool the maps again
                 guard_train = pool_maps(split.top, train_table.features, split.map_shape)
                 guard_val = pool_maps(split.top, val_table.features[:, :1], split.map_shape)[:, 0]
@@ -346,7 +348,7 @@ def train_and_track(
         )
 
         # 6. evaluation and calibration
-        with timed(timings, "evaluation"):
+        with timed(timings, "evaluation", peaks):
             evaluation = evaluate.evaluate_logits(val_logits, y_val, labels)
             metrics = evaluation.as_metrics()
             metrics["train_accuracy_final"] = history["train_accuracy"][-1]
@@ -375,7 +377,7 @@ def train_and_track(
         )
 
         # 7. export (written to a staging folder, checked)
-        with timed(timings, "export"):
+        with timed(timings, "export", peaks):
             parity_pixels = np.stack(
                 [
                     preprocessing.preprocess_bytes(ref.load(), backbone.image_size)
@@ -430,7 +432,7 @@ def train_and_track(
         )
 
         # 8. tracking: models, metadata, registry
-        with timed(timings, "tracking"):
+        with timed(timings, "tracking", peaks):
             mlflow_signature = tracking.mlflow_signature(
                 backbone.image_size, len(labels), with_ood=guard is not None
             )
@@ -469,7 +471,7 @@ def train_and_track(
             mlflow.set_tag("export_uri", export_uri)
 
         # 9. promotion: the champion re-scored on these val photos; a new champion published
-        with timed(timings, "promotion"):
+        with timed(timings, "promotion", peaks):
             try:
                 if promote:
                     val_bytes = {ref.sha256: ref.load for ref in val_refs}
@@ -495,7 +497,13 @@ def train_and_track(
             )
             published = decision.published_dir
         timings["total"] = round(time.perf_counter() - started, 3)
-        mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
+        mlflow.log_metrics(
+            {
+                **{f"time_{k}_s": v for k, v in timings.items()},
+                **{f"peak_rss_mb_after_{k}": v for k, v in peaks.items()},
+                "peak_rss_mb": stages.peak_rss_mb(),
+            }
+        )
 
     training_result = TrainingResult(
         run_id=run_id,
@@ -514,6 +522,7 @@ def train_and_track(
         features_reused=reused,
         parity_max_abs_prob_diff=parity.max_abs_prob_diff,
         timings=timings,
+        peak_rss_mb=peaks,
         val_leaked_excluded=len(val_found) - len(val_records),
     )
     shutil.rmtree(plots, ignore_errors=True)
