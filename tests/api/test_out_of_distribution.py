@@ -63,10 +63,14 @@ def test_a_photo_unlike_them_is_flagged_uncertain_with_the_warning(
     assert body["warning"] == OUT_OF_DISTRIBUTION_WARNING
     assert "does not look like the clinical skin photos" in body["warning"]
     metrics = guarded_client.get("/metrics").text
-    flagged = [
-        line for line in metrics.splitlines() if line.startswith("api_out_of_distribution_total{")
-    ]
-    assert len(flagged) == 1 and flagged[0].endswith(" 1.0"), flagged
+    counts = {
+        line.split('label="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("api_out_of_distribution_total{")
+    }
+    # one series per label of the model, created at 0; the flagged photo's label counted
+    assert sorted(counts) == sorted(["red", "green", "blue", "white", "black"])
+    assert counts[body["label"]] == 1.0 and sum(counts.values()) == 1.0
 
 
 def test_batch_answers_carry_the_verdict_per_photo(guarded_client: TestClient) -> None:

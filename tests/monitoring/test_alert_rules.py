@@ -111,6 +111,23 @@ CASES = [
         "90m",
     ),
     Case(
+        "SkinOutOfDistributionShareHigh",
+        {
+            'api_out_of_distribution_total{label="acne"}': "0+1x100",
+            'api_predictions_total{label="acne"}': "0+2x100",
+        },
+        "90m",
+        [{}],
+    ),
+    Case(
+        "SkinOutOfDistributionShareHigh",
+        {
+            'api_out_of_distribution_total{label="acne"}': "0+0.1x100",
+            'api_predictions_total{label="acne"}': "0+2x100",
+        },
+        "90m",
+    ),
+    Case(
         "SkinLabelShareDrift",
         {
             'api_predictions_total{label="acne"}': "0+9x100",
@@ -182,7 +199,7 @@ def test_promtool_accepts_the_rules_with_the_duplicate_lint() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_every_rule_follows_the_conventions() -> None:

@@ -127,14 +127,24 @@ class ApiMetrics:
         )
 
     def set_model(
-        self, version: str, backbone: str, train_shares: dict[str, float] | None = None
+        self,
+        version: str,
+        backbone: str,
+        train_shares: dict[str, float] | None = None,
+        labels: list[str] | None = None,
     ) -> None:
-        """Point ``api_model_info`` (and the training shares) at the model now served."""
+        """Point ``api_model_info`` (and the training shares) at the model now served.
+
+        ``api_out_of_distribution_total`` is created at 0 for each of the model's
+        ``labels``, so its share is 0 (not absent) until a photo is flagged.
+        """
         self.model_info.clear()
         self.model_info.labels(version=version, backbone=backbone).set(1)
         self.label_train_share.clear()
         for label, share in (train_shares or {}).items():
             self.label_train_share.labels(label=label).set(share)
+        for label in labels or []:
+            self.out_of_distribution.labels(label=label)
 
     def record_prediction(
         self, label: str, confidence: float, in_distribution: bool | None = None

@@ -412,7 +412,9 @@ class ModelRuntime:
                 for label in signature.labels
                 if f"train_share_{label}" in signature.metrics
             }
-            self.metrics.set_model(candidate.version, signature.backbone, shares)
+            self.metrics.set_model(
+                candidate.version, signature.backbone, shares, labels=list(signature.labels)
+            )
             log.info(
                 "serving model %s (backbone %s) from %s; validated + warmed up in %.0f ms",
                 candidate.version,
