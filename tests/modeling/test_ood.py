@@ -53,6 +53,21 @@ def test_the_score_is_the_mahalanobis_distance_to_the_nearest_class() -> None:
     np.testing.assert_allclose(fit.scores(probe), expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize("n", [40, 500])  # fewer samples than dimensions, and more
+def test_the_ledoit_wolf_covariance_is_scikit_learns(n: int) -> None:
+    from sklearn.covariance import LedoitWolf
+
+    x = np.random.default_rng(n).normal(0, 1, (n, 30)) @ np.random.default_rng(1).normal(
+        0, 1, (30, 30)
+    )
+    reference = LedoitWolf(assume_centered=True).fit(x)
+
+    covariance, shrinkage = ood.ledoit_wolf_covariance(x)
+
+    assert shrinkage == pytest.approx(reference.shrinkage_, rel=1e-9)
+    np.testing.assert_allclose(covariance, reference.covariance_, rtol=1e-9, atol=1e-12)
+
+
 def test_the_threshold_passes_the_target_share_of_new_in_distribution_photos() -> None:
     features, labels = _clusters(300, views=3)
     guard = ood.fit_guard(features, labels, CLASSES, pass_rate=0.95, seed=1)

@@ -45,6 +45,10 @@ OOD_OUTPUT_NAME = "ood_score"
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 OOD_PARITY_RTOL = 1e-3
+# Images per eager Keras call of a whole model: TensorFlow keeps every activation of a call
+# alive, so Lite0 at 288 px over 16 images peaks 2.6 GB above the model, over 2 images
+# 0.34 GB (measured; the ONNX/Keras parity checks are where training reached 5.9 GB).
+KERAS_EAGER_BATCH = 2
 MODELS_PREFIX = "skin/models"
 
 
@@ -189,9 +193,10 @@ def load_keras_model(path: Path, *, logits_only: bool = False) -> keras.Model:
 
 
 def keras_outputs(
-    model: keras.Model, images: np.ndarray, batch_size: int = 16
+    model: keras.Model, images: np.ndarray, batch_size: int = KERAS_EAGER_BATCH
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(logits, ood_score or None)`` of a Keras model, inference mode, in batches."""
+    """``(logits, ood_score or None)`` of a Keras model, inference mode, in batches (small
+    by default: see :data:`KERAS_EAGER_BATCH`)."""
     logits, scores = [], []
     for i in range(0, len(images), batch_size):
         out = model(images[i : i + batch_size], training=False)
@@ -206,7 +211,9 @@ def keras_outputs(
     return np.concatenate(logits), (np.concatenate(scores) if scores else None)
 
 
-def keras_logits(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def keras_logits(
+    model: keras.Model, images: np.ndarray, batch_size: int = KERAS_EAGER_BATCH
+) -> np.ndarray:
     """Logits of a Keras model, inference mode, in batches (its first output)."""
     return keras_outputs(model, images, batch_size)[0]
 

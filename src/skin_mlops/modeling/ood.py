@@ -12,9 +12,10 @@ under one covariance shared by the classes,
 
 with ``S`` the Ledoit-Wolf shrunk covariance of the training features around their class
 means (1,664 dimensions from a few thousand views: the plain estimate is singular).
-``S^-1 = W W^T`` is folded into a projection ``W``, so the score is one matrix product and
-a difference: ``z = x W``, ``d = min_k ||z - mu_k W||``. ``benchmarks/ood_guard.py``
-compares it with the distance to the k-th nearest training photo on the same photos.
+``S^-1 = W W^T`` (``W`` from the Cholesky factor) is folded into a projection, so the
+score is one matrix product and a difference: ``z = x W``, ``d = min_k ||z - mu_k W||``.
+``benchmarks/ood_guard.py`` compares it with the distance to the k-th nearest training
+photo on the same photos.
 
 **Threshold**: chosen on held-out folds of the training photos. The guard is fitted on
 four fifths of them (all their cached views) and scores the held-out fifth's centre view,
@@ -91,8 +92,36 @@ class OodGuard:
         return self.scores(features) <= self.threshold
 
 
+def ledoit_wolf_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(covariance, shrinkage)`` of ``centred`` samples ``[N, D]``: Ledoit-Wolf, exactly
+    as ``sklearn.covariance.LedoitWolf(assume_centered=True)`` computes it.
+
+    scikit-learn sums the entries of ``(X**2).T @ (X**2)`` block by block for the
+    shrinkage: that is ``sum_i ||x_i||^4``, an O(N D) sum, and the other term is
+    ``||S||_F^2`` of the sample covariance ``S`` already computed. Same numbers (a test
+    holds them to scikit-learn's), one D x D product instead of two: 3.7 s -> 0.6 s at
+    8,244 x 1,664 here.
+    """
+    n, d = centred.shape
+    sample = centred.T @ centred / n
+    mu = float(np.trace(sample)) / d
+    squared_norms = np.einsum("ij,ij->i", centred, centred)
+    beta_sum = float(np.sum(squared_norms**2))  # = sum((X**2).T @ (X**2))
+    delta_sum = float(np.sum(sample**2))  # = sum((X.T @ X)**2) / N**2
+    beta = (beta_sum / n - delta_sum) / (d * n)
+    delta = (delta_sum - 2.0 * mu * float(np.trace(sample)) + d * mu**2) / d
+    beta = min(beta, delta)
+    shrinkage = 0.0 if beta == 0 else beta / delta
+    covariance = (1.0 - shrinkage) * sample
+    covariance.flat[:: d + 1] += shrinkage * mu
+    return covariance, shrinkage
+
+
 def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_classes: int) -> MahalanobisFit:
     """Class means and the shared (Ledoit-Wolf shrunk) covariance of ``features``.
+
+    The projection is ``W = L^-T`` for the Cholesky factor ``S = L L^T`` (so ``W W^T =
+    S^-1``): a triangular solve, not an eigendecomposition.
 
     Args:
         features (np.ndarray): ``[N, D]`` or ``[N, V, D]`` (every view of a photo counts,
@@ -100,7 +129,7 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_classes: int) 
         labels (np.ndarray): ``int[N]`` class index per photo.
         num_classes (int): ``K``; every class needs at least one photo.
     """
-    from sklearn.covariance import LedoitWolf
+    from scipy.linalg import cholesky, solve_triangular
 
     x = np.asarray(features, np.float64)
     y = np.asarray(labels)
@@ -113,10 +142,12 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_classes: int) 
     if missing:
         raise DataError(f"the OOD guard needs photos of every class (none of {missing})")
     means = np.stack([x[y == k].mean(axis=0) for k in range(num_classes)])
-    covariance = LedoitWolf(assume_centered=True).fit(x - means[y]).covariance_
-    values, vectors = np.linalg.eigh(covariance)
-    values = np.maximum(values, values.max() * 1e-9)
-    projection = vectors / np.sqrt(values)[None, :]  # W W^T = S^-1
+    x -= means[y]
+    covariance, _ = ledoit_wolf_covariance(x)
+    # a floor under the diagonal keeps a degenerate (e.g. constant) feature invertible
+    covariance.flat[:: covariance.shape[0] + 1] += max(np.trace(covariance), 1e-12) * 1e-9
+    lower = cholesky(covariance, lower=True)
+    projection = solve_triangular(lower, np.eye(len(lower)), lower=True).T  # W W^T = S^-1
     return MahalanobisFit(
         projection=projection.astype(np.float32), centres=(means @ projection).astype(np.float32)
     )
