@@ -45,10 +45,12 @@ OOD_OUTPUT_NAME = "ood_score"
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 OOD_PARITY_RTOL = 1e-3
-# Images per eager Keras call of a whole model: TensorFlow keeps every activation of a call
-# alive, so Lite0 at 288 px over 16 images peaks 2.6 GB above the model, over 2 images
-# 0.34 GB (measured; the ONNX/Keras parity checks are where training reached 5.9 GB).
-KERAS_EAGER_BATCH = 2
+# Images per Keras call of a whole model, run as one tf.function graph. Eagerly, TensorFlow
+# keeps every activation of a call alive: Lite0 at 288 px over 16 images peaked 2.6 GB
+# above the model, over 2 images 0.34 GB; as a graph over 4 images 0.11 GB (measured; the
+# ONNX/Keras parity checks are where training reached 5.9 GB). ONNX Runtime's arena keeps
+# its largest batch too (~450 MiB at 16 photos), so its parity batches are as small.
+KERAS_EAGER_BATCH = 4
 MODELS_PREFIX = "skin/models"
 
 
@@ -195,11 +197,14 @@ def load_keras_model(path: Path, *, logits_only: bool = False) -> keras.Model:
 def keras_outputs(
     model: keras.Model, images: np.ndarray, batch_size: int = KERAS_EAGER_BATCH
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(logits, ood_score or None)`` of a Keras model, inference mode, in batches (small
-    by default: see :data:`KERAS_EAGER_BATCH`)."""
+    """``(logits, ood_score or None)`` of a Keras model, inference mode, in batches, as one
+    ``tf.function`` graph (small batches by default: see :data:`KERAS_EAGER_BATCH`)."""
+    import tensorflow as tf
+
+    graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     logits, scores = [], []
     for i in range(0, len(images), batch_size):
-        out = model(images[i : i + batch_size], training=False)
+        out = graph(tf.constant(images[i : i + batch_size]))
         if isinstance(out, list | tuple):
             logits.append(np.asarray(out[0]))
             scores.append(np.asarray(out[1]))
@@ -228,9 +233,10 @@ def onnx_session(path: Path) -> ort.InferenceSession:
 
 
 def onnx_outputs(
-    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 16
+    session: ort.InferenceSession, images: np.ndarray, batch_size: int = KERAS_EAGER_BATCH
 ) -> dict[str, np.ndarray]:
-    """Every output of an ONNX Runtime session whose one input takes ``images``, by name."""
+    """Every output of an ONNX Runtime session whose one input takes ``images``, by name
+    (small batches by default: see :data:`KERAS_EAGER_BATCH`)."""
     input_name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -243,7 +249,7 @@ def onnx_outputs(
 
 
 def onnx_logits(
-    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 16
+    session: ort.InferenceSession, images: np.ndarray, batch_size: int = KERAS_EAGER_BATCH
 ) -> np.ndarray:
     """Logits of an ONNX Runtime session (its ``logits`` output, else its first one)."""
     outputs = onnx_outputs(session, images, batch_size)
