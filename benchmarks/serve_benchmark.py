@@ -76,7 +76,8 @@ def multipart_sender(payloads: list[bytes]):  # noqa: ANN201
 
 
 def json_tensor_sender(payloads: list[bytes]):  # noqa: ANN201
-    """POST /invocations with a prebuilt JSON tensor body (MLflow scoring protocol)."""
+    """POST /invocations with a prebuilt JSON body (MLflow scoring protocol: a tensor for
+    the Keras flavour, a base64 ``dataframe_split`` for the ONNX pyfunc)."""
 
     async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
         body = payloads[index % len(payloads)]
@@ -189,18 +190,6 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 SERVERS = ("service", "service-b1", "naive", "mlflow-pyfunc", "mlflow")
-
-
-def base64_dataframe_sender(payloads: list[bytes]):  # noqa: ANN201
-    """POST /invocations: ``dataframe_split`` with one base64 JPEG (the pyfunc's input)."""
-
-    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
-        body = payloads[index % len(payloads)]
-        return await client.post(
-            "/invocations", content=body, headers={"content-type": "application/json"}
-        )
-
-    return send
 
 
 def main(
@@ -335,7 +324,7 @@ def main(
             progress.remove_task(task)
             bench(
                 mlflow_serve("mlflow models serve (ONNX pyfunc)", model_uri, tracking_uri),
-                base64_dataframe_sender(bodies),
+                json_tensor_sender(bodies),
                 progress,
             )
 

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -123,6 +123,33 @@ def latest_run(work: Path) -> dict:
 # --- the plain way ------------------------------------------------------------------------
 
 
+def _photos_and_backbone(work: Path, options: Any) -> tuple[tuple, tuple, Any]:
+    """``((train refs, labels), (val refs, labels), frozen Keras backbone)`` of the
+    ingested dermnet5 rows in ``work``: what both hand-written baselines start from."""
+    from skin_mlops.metadata import read_lesions
+    from skin_mlops.modeling.backbones import build_backbone
+    from skin_mlops.modeling.features import ImageRef
+
+    records = read_lesions(work / "data" / "metadata" / "skin_metadata.db", "dermnet5")
+    index = {label: i for i, label in enumerate(LABELS)}
+
+    def refs(split: str) -> tuple[list[ImageRef], np.ndarray]:
+        rows = [r for r in records if r.split == split]
+        return (
+            [ImageRef(r.sha256, (lambda p=r.source_path: Path(p).read_bytes())) for r in rows],
+            np.array([index[r.label] for r in rows]),
+        )
+
+    backbone = build_backbone(
+        options.backbone,
+        image_size=options.image_size,
+        weights_cache_dir=work / ".cache" / "weights",
+        **dict(options.backbone_options),
+    )
+    backbone.model.trainable = False
+    return refs("train"), refs("val"), backbone
+
+
 def plain_training(work: Path, params: dict[str, str]) -> dict:
     """Keras fit with the frozen backbone inside the graph (features recomputed per epoch).
 
@@ -134,36 +161,16 @@ def plain_training(work: Path, params: dict[str, str]) -> dict:
     import keras
     import tensorflow as tf
 
-    from skin_mlops.metadata import read_lesions
-    from skin_mlops.modeling.backbones import build_backbone
     from skin_mlops.modeling.evaluate import classification_report
     from skin_mlops.modeling.export import compose_model, keras_logits
-    from skin_mlops.modeling.features import ImageRef, view_ids
+    from skin_mlops.modeling.features import view_ids
     from skin_mlops.modeling.fine_tune import render_images
     from skin_mlops.modeling.heads import build_head, class_weights, compile_model, make_progress
     from skin_mlops.modeling.options import TrainingOptions
 
     options = TrainingOptions.from_params(params)
-    records = read_lesions(work / "data" / "metadata" / "skin_metadata.db", "dermnet5")
-    index = {label: i for i, label in enumerate(LABELS)}
-
-    def refs(split: str) -> tuple[list[ImageRef], np.ndarray]:
-        rows = [r for r in records if r.split == split]
-        return (
-            [ImageRef(r.sha256, (lambda p=r.source_path: Path(p).read_bytes())) for r in rows],
-            np.array([index[r.label] for r in rows]),
-        )
-
     started = time.perf_counter()
-    train_refs, y_train = refs("train")
-    val_refs, y_val = refs("val")
-    backbone = build_backbone(
-        options.backbone,
-        image_size=options.image_size,
-        weights_cache_dir=work / ".cache" / "weights",
-        **dict(options.backbone_options),
-    )
-    backbone.model.trainable = False
+    (train_refs, y_train), (val_refs, y_val), backbone = _photos_and_backbone(work, options)
     y_views = np.repeat(y_train, options.views)
     with make_progress(console) as progress:
         train_pixels = render_images(
@@ -257,36 +264,16 @@ def extract_once_training(work: Path, params: dict[str, str]) -> dict:
     seed, epochs, per-epoch validation). Timed from backbone build to val logits, like the
     plain way; it costs the same on every run (nothing persists between runs).
     """
-    from skin_mlops.metadata import read_lesions
-    from skin_mlops.modeling.backbones import build_backbone
     from skin_mlops.modeling.evaluate import classification_report
     from skin_mlops.modeling.export import keras_logits
-    from skin_mlops.modeling.features import ImageRef, view_ids
+    from skin_mlops.modeling.features import view_ids
     from skin_mlops.modeling.fine_tune import render_images
     from skin_mlops.modeling.heads import make_progress, train_heads
     from skin_mlops.modeling.options import TrainingOptions
 
     options = TrainingOptions.from_params(params)
-    records = read_lesions(work / "data" / "metadata" / "skin_metadata.db", "dermnet5")
-    index = {label: i for i, label in enumerate(LABELS)}
-
-    def refs(split: str) -> tuple[list[ImageRef], np.ndarray]:
-        rows = [r for r in records if r.split == split]
-        return (
-            [ImageRef(r.sha256, (lambda p=r.source_path: Path(p).read_bytes())) for r in rows],
-            np.array([index[r.label] for r in rows]),
-        )
-
     started = time.perf_counter()
-    train_refs, y_train = refs("train")
-    val_refs, y_val = refs("val")
-    backbone = build_backbone(
-        options.backbone,
-        image_size=options.image_size,
-        weights_cache_dir=work / ".cache" / "weights",
-        **dict(options.backbone_options),
-    )
-    backbone.model.trainable = False
+    (train_refs, y_train), (val_refs, y_val), backbone = _photos_and_backbone(work, options)
     with make_progress(console) as progress:
         train_pixels = render_images(
             train_refs,
