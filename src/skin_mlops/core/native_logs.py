@@ -6,6 +6,7 @@ configuration can apply (``TF_CPP_MIN_LOG_LEVEL`` does not silence them any more
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 ... port.cc:153] oneDNN custom operations are on. You may see slightly ...
     I0000 ... cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use ...
+    To enable the following instructions: AVX2 ... in other operations, rebuild TensorFlow ...
 
 They say nothing a user can act on, and a newcomer reads them as errors. The training
 commands therefore point file descriptor 2 at a pipe read by a small **filter process**
@@ -56,6 +57,8 @@ NOISE_MARKERS: tuple[bytes, ...] = (
     b"All log messages before absl::InitializeLog() is called are written to STDERR",
     b"] oneDNN custom operations are on.",
     b"cpu_feature_guard.cc",
+    # the second line of cpu_feature_guard's message (written as its own line)
+    b"in other operations, rebuild TensorFlow with the appropriate compiler flags.",
 )
 
 IDLE_FLUSH_S = 0.05  # an unterminated piece is forwarded after this long without more bytes
