@@ -113,6 +113,19 @@ def test_missing_dataset_config_is_one_line_not_a_trace(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_cv_takes_train_s_recipe_flags_and_checks_them_first(tmp_path: Path) -> None:
+    """``cv --backbone ...`` measures the recipe ``train --backbone ...`` ships."""
+    help_text = run_cli(["cv", "--help"], tmp_path).stdout
+    for flag in ("--backbone", "--image-size", "--views", "--pooling", "--heads", "--epochs"):
+        assert flag in help_text
+    workdir = make_workdir(tmp_path / "w", {"train": 2})
+    result = run_cli(["cv", "--backbone", "resnet50"], workdir)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "unknown backbone 'resnet50'" in result.stderr
+    assert "efficientnet_lite2" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_strict_pipeline_stops_before_training_on_corrupt_photos(tmp_path: Path) -> None:
     workdir = make_workdir(tmp_path / "proj", {"train": 2, "val": 1})
     corrupt = workdir / "data" / "raw" / "train" / "acne" / "cut.jpg"

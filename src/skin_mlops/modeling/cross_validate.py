@@ -51,7 +51,33 @@ from skin_mlops.modeling.data import (
     load_records,
 )
 from skin_mlops.modeling.heads import make_progress, train_heads
-from skin_mlops.modeling.options import TrainingOptions
+from skin_mlops.modeling.options import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_HEADS,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_OOD_PASS_RATE,
+    DEFAULT_POOLING,
+    DEFAULT_SEED,
+    DEFAULT_TTA_VIEWS,
+    DEFAULT_VIEWS,
+    TrainingOptions,
+)
+from skin_mlops.modeling.recipe_cli import (
+    BackboneOption,
+    BatchSizeOption,
+    EpochsOption,
+    HeadsOption,
+    ImageSizeOption,
+    LearningRateOption,
+    OodPassRateOption,
+    PoolingOption,
+    SeedOption,
+    TtaViewsOption,
+    ViewsOption,
+)
 
 if TYPE_CHECKING:
     from skin_mlops.metadata import LesionRecord
@@ -312,12 +338,38 @@ def _print_summary(result: CrossValidationResult, console: Console) -> None:
 def cv_command(
     config: DatasetConfigOption = None,
     folds: Annotated[int, typer.Option(min=2, max=20, help="Number of folds.")] = DEFAULT_FOLDS,
+    epochs: EpochsOption = DEFAULT_EPOCHS,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    learning_rate: LearningRateOption = DEFAULT_LEARNING_RATE,
+    backbone: BackboneOption = DEFAULT_BACKBONE,
+    image_size: ImageSizeOption = DEFAULT_IMAGE_SIZE,
+    views: ViewsOption = DEFAULT_VIEWS,
+    pooling: PoolingOption = DEFAULT_POOLING,
+    heads: HeadsOption = DEFAULT_HEADS,
+    tta_views: TtaViewsOption = DEFAULT_TTA_VIEWS,
+    seed: SeedOption = DEFAULT_SEED,
+    ood_pass_rate: OodPassRateOption = DEFAULT_OOD_PASS_RATE,
 ) -> None:
-    """Cross-validate the default training recipe over train + val (MLflow parent + folds)."""
+    """Cross-validate a training recipe (default: train's) over train + val, logged to MLflow."""
     from skin_mlops.core.native_logs import filter_native_stderr
 
     filter_native_stderr()
+    options = TrainingOptions(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        backbone=backbone,
+        backbone_options=(("pooling", pooling),),
+        image_size=image_size,
+        views=views,
+        heads=heads,
+        tta_views=tta_views,
+        seed=seed,
+        ood_pass_rate=ood_pass_rate,
+    )
     settings = get_settings()
     console = Console()
-    result = cross_validate(config or settings.dataset_config, settings=settings, folds=folds)
+    result = cross_validate(
+        config or settings.dataset_config, settings=settings, options=options, folds=folds
+    )
     _print_summary(result, console)

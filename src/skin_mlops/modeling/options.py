@@ -105,6 +105,12 @@ class TrainingOptions:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from skin_mlops.modeling.backbones import BACKBONES  # numpy only, no Keras
+
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"unknown backbone {self.backbone!r} (choose one of {', '.join(BACKBONES)})"
+            )
 
     @property
     def fine_tune_learning_rate(self) -> float:

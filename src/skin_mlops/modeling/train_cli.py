@@ -31,6 +31,19 @@ from skin_mlops.modeling.options import (
     DEFAULT_VIEWS,
     TrainingOptions,
 )
+from skin_mlops.modeling.recipe_cli import (
+    BackboneOption,
+    BatchSizeOption,
+    EpochsOption,
+    HeadsOption,
+    ImageSizeOption,
+    LearningRateOption,
+    OodPassRateOption,
+    PoolingOption,
+    SeedOption,
+    TtaViewsOption,
+    ViewsOption,
+)
 from skin_mlops.modeling.train import TrainingResult, run_training
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -67,36 +80,15 @@ def _print_summary(result: TrainingResult, labels: list[str], console: Console) 
 
 def train_command(
     dataset_config: DatasetConfigOption = None,
-    epochs: Annotated[int, typer.Option(help="Head training epochs.")] = DEFAULT_EPOCHS,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = DEFAULT_BATCH_SIZE,
-    learning_rate: Annotated[float, typer.Option(help="Head learning rate.")] = (
-        DEFAULT_LEARNING_RATE
-    ),
-    backbone: Annotated[
-        str,
-        typer.Option(
-            help="Backbone: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 or "
-            "efficientnet_b0."
-        ),
-    ] = DEFAULT_BACKBONE,
-    image_size: Annotated[int, typer.Option(help="Input side S in pixels.")] = (DEFAULT_IMAGE_SIZE),
-    views: Annotated[
-        int, typer.Option(help="Cached views per training photo (1 = no augmentation).")
-    ] = DEFAULT_VIEWS,
-    pooling: Annotated[
-        str,
-        typer.Option(
-            help="Backbone pooling: avg, avg+mid (+ block-6 average) or multi "
-            "(+ blocks 6/5/4; Lite0)."
-        ),
-    ] = DEFAULT_POOLING,
-    heads: Annotated[
-        int, typer.Option(help="Heads trained with different seeds, averaged in the model.")
-    ] = DEFAULT_HEADS,
-    tta_views: Annotated[
-        int,
-        typer.Option(help="Dihedral views averaged inside the exported model (1, 2, 4, 8)."),
-    ] = DEFAULT_TTA_VIEWS,
+    epochs: EpochsOption = DEFAULT_EPOCHS,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    learning_rate: LearningRateOption = DEFAULT_LEARNING_RATE,
+    backbone: BackboneOption = DEFAULT_BACKBONE,
+    image_size: ImageSizeOption = DEFAULT_IMAGE_SIZE,
+    views: ViewsOption = DEFAULT_VIEWS,
+    pooling: PoolingOption = DEFAULT_POOLING,
+    heads: HeadsOption = DEFAULT_HEADS,
+    tta_views: TtaViewsOption = DEFAULT_TTA_VIEWS,
     fine_tune_layers: Annotated[
         int,
         typer.Option(
@@ -107,7 +99,7 @@ def train_command(
     fine_tune_epochs: Annotated[
         int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
     ] = DEFAULT_FINE_TUNE_EPOCHS,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULT_SEED,
+    seed: SeedOption = DEFAULT_SEED,
     keep_leaked_val: Annotated[
         bool,
         typer.Option(
@@ -116,15 +108,7 @@ def train_command(
             "of val for training and evaluation, and counted).",
         ),
     ] = False,
-    ood_pass_rate: Annotated[
-        float,
-        typer.Option(
-            min=0.5,
-            max=0.999,
-            help="Share of held-out training photos the out-of-distribution guard lets "
-            "through (its threshold).",
-        ),
-    ] = DEFAULT_OOD_PASS_RATE,
+    ood_pass_rate: OodPassRateOption = DEFAULT_OOD_PASS_RATE,
     promotion_min_delta: Annotated[
         float | None,
         typer.Option(

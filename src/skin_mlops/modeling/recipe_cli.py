@@ -1,0 +1,51 @@
+"""The training recipe's command-line options, declared once for ``train`` and ``cv``.
+
+``skin-mlops cv`` takes the same recipe flags as ``skin-mlops train`` so that every recipe
+decision (backbone, input size, views, pooling, heads) can be measured by cross-validation
+before it is trained: ``skin-mlops cv --backbone efficientnet_lite2`` scores exactly what
+``skin-mlops train --backbone efficientnet_lite2`` would ship.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+EpochsOption = Annotated[int, typer.Option(help="Head training epochs.")]
+BatchSizeOption = Annotated[int, typer.Option(help="Batch size.")]
+LearningRateOption = Annotated[float, typer.Option(help="Head learning rate.")]
+BackboneOption = Annotated[
+    str,
+    typer.Option(
+        help="Backbone: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 or "
+        "efficientnet_b0."
+    ),
+]
+ImageSizeOption = Annotated[int, typer.Option(help="Input side S in pixels.")]
+ViewsOption = Annotated[
+    int, typer.Option(help="Cached views per training photo (1 = no augmentation).")
+]
+PoolingOption = Annotated[
+    str,
+    typer.Option(
+        help="Backbone pooling: avg, avg+mid (+ stage-6 average) or multi "
+        "(+ stages 6/5/4; Lite backbones)."
+    ),
+]
+HeadsOption = Annotated[
+    int, typer.Option(help="Heads trained with different seeds, averaged in the model.")
+]
+TtaViewsOption = Annotated[
+    int, typer.Option(help="Dihedral views averaged inside the exported model (1, 2, 4, 8).")
+]
+SeedOption = Annotated[int, typer.Option(help="Random seed.")]
+OodPassRateOption = Annotated[
+    float,
+    typer.Option(
+        min=0.5,
+        max=0.999,
+        help="Share of held-out training photos the out-of-distribution guard lets "
+        "through (its threshold).",
+    ),
+]
