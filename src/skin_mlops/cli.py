@@ -38,6 +38,9 @@ app.command("train")(train_command)
 from skin_mlops.modeling.cross_validate import cv_command  # noqa: E402
 
 app.command("cv")(cv_command)
+from skin_mlops.modeling.model_card import model_card_command  # noqa: E402
+
+app.command("model-card")(model_card_command)
 from skin_mlops.api.cli import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)

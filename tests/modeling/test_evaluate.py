@@ -134,3 +134,18 @@ def test_ece_noise_floor_shrinks_with_more_photos() -> None:
     # a model that really is calibrated measures about its floor
     labels = np.array([rng.choice(5, p=p) for p in large])
     assert expected_calibration_error(large, labels) < 3 * floor_large + 0.005
+
+
+def test_macro_f1_equals_scikit_learn_including_unknown_and_missing_classes() -> None:
+    from sklearn.metrics import f1_score
+
+    from skin_mlops.modeling.evaluate import macro_f1
+
+    rng = np.random.default_rng(1)
+    for trial in range(50):
+        k = int(rng.integers(2, 7))
+        n = int(rng.integers(1, 40))
+        y = rng.integers(0, k - (trial % 2), n)  # odd trials: the last class absent
+        predictions = rng.integers(0, k + 1, n)  # k = a label this set does not know
+        expected = f1_score(y, predictions, labels=list(range(k)), average="macro", zero_division=0)
+        assert macro_f1(y, predictions, k) == pytest.approx(expected, abs=1e-12)

@@ -228,6 +228,8 @@ def cross_validate(
                 "n_groups": n_groups,
                 "dataset": config.dataset,
                 "dataset_fingerprint": dataset_fingerprint(rows),
+                "backbone": backbone.name,  # as train logs it (the one actually built)
+                "image_size": backbone.image_size,
                 "backbone_weights_sha256": backbone.weights_sha256,
                 "feature_dim": backbone.feature_dim,
             }
@@ -276,6 +278,9 @@ def cross_validate(
         summary["oof_temperature"] = pooled.temperature
         timings["total"] = round(time.perf_counter() - started, 3)
         mlflow.log_metrics({**summary, **{f"time_{k}_s": v for k, v in timings.items()}})
+        stages.log_predictions(
+            rows, heldout_logits, labels, pooled.temperature, stages.OOF_PREDICTIONS_ARTIFACT
+        )
         with tempfile.TemporaryDirectory(prefix="skin-cv-plots-") as folder:
             plot_cv(results, summary, labels, Path(folder) / "cv_summary.png")
             mlflow.log_artifacts(folder, artifact_path="plots")

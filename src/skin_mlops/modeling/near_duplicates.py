@@ -20,7 +20,6 @@ lands within 0-4 bits of its original, the two same-scene pairs across its split
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from skin_mlops import preprocessing
+from skin_mlops.modeling.photo_cache import PhotoCache
 
 HASH_SIZE = 16
 HASH_BITS = HASH_SIZE * HASH_SIZE
@@ -117,13 +117,8 @@ class PhashCache:
     """``sha256 -> uint8[8, 32]`` in a small SQLite file (``<feature cache>/phash.sqlite``)."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self.path = Path(cache_dir) / "phash.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS phash (sha256 TEXT PRIMARY KEY, bits BLOB)")
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+        self._cache = PhotoCache(cache_dir, "phash", lambda data: photo_phashes(data).tobytes())
+        self.path = self._cache.path
 
     def hashes(self, images: Sequence[tuple[str, Callable[[], bytes]]]) -> np.ndarray:
         """``uint8[N, 8, 32]`` of ``(sha256, load bytes)`` pairs; computes only missing ones.
@@ -132,26 +127,9 @@ class PhashCache:
             preprocessing.ImageError: a photo that is not decodable (ingestion refuses
                 those, so this means the bytes changed under it).
         """
-        with self._connect() as db:
-            known = {
-                sha: np.frombuffer(bits, np.uint8).reshape(len(DIHEDRAL), HASH_BITS // 8)
-                for sha, bits in db.execute("SELECT sha256, bits FROM phash")
-            }
-        missing = [(sha, load) for sha, load in images if sha not in known]
-        if missing:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(2) as pool:  # Pillow releases the GIL while decoding
-                computed = list(pool.map(lambda item: photo_phashes(item[1]()), missing))
-            with self._connect() as db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO phash VALUES (?, ?)",
-                    [
-                        (sha, bits.tobytes())
-                        for (sha, _), bits in zip(missing, computed, strict=True)
-                    ],
-                )
-            known.update({sha: bits for (sha, _), bits in zip(missing, computed, strict=True)})
+        shape = (len(DIHEDRAL), HASH_BITS // 8)
         if not images:
-            return np.zeros((0, len(DIHEDRAL), HASH_BITS // 8), np.uint8)
-        return np.stack([known[sha] for sha, _ in images])
+            return np.zeros((0, *shape), np.uint8)
+        return np.stack(
+            [np.frombuffer(bits, np.uint8).reshape(shape) for bits in self._cache.values(images)]
+        )

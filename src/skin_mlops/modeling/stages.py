@@ -13,6 +13,7 @@ same ones per fold):
    graph computes from the features: the mean logits over heads and TTA views;
 4. :func:`fit_ood_guard` - the out-of-distribution guard (:mod:`skin_mlops.modeling.ood`);
 5. evaluation (:mod:`skin_mlops.modeling.evaluate`) and :func:`write_plots`;
+   :func:`log_skin_tones` and :func:`log_predictions` - what the model card reads back;
 6. export and registration (:mod:`skin_mlops.modeling.export`,
    :mod:`skin_mlops.modeling.tracking`), :func:`ood_spec` for ``signature.json``.
 """
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     import keras
 
     from skin_mlops import export_format
+    from skin_mlops.metadata import LesionRecord
     from skin_mlops.modeling.backbones import Backbone
     from skin_mlops.modeling.evaluate import Evaluation
     from skin_mlops.modeling.features import FeatureTable, ImageRef
@@ -279,3 +281,59 @@ def check_cache_consistency(fresh: np.ndarray, cached_logits: np.ndarray) -> Non
             f"the feature cache disagrees with the backbone (max |dp| = {gap:.2e}); "
             "delete the feature cache folder and train again"
         )
+
+
+# --- what the model card reads back (skin_mlops.modeling.model_card) ---------------------
+
+SKIN_TONES_ARTIFACT = "data/skin_tones.json"
+VAL_PREDICTIONS_ARTIFACT = "evaluation/val_predictions.json"
+OOF_PREDICTIONS_ARTIFACT = "cv/oof_predictions.json"
+
+
+def log_skin_tones(
+    rows: Sequence[LesionRecord], refs: Sequence[ImageRef], settings: Settings
+) -> np.ndarray:
+    """Log each photo's skin-tone angle (:mod:`skin_mlops.modeling.skin_tone`, cached by
+    SHA-256) as ``data/skin_tones.json``; return the angles (NaN: no skin found)."""
+    import mlflow
+
+    from skin_mlops.modeling import skin_tone
+
+    angles = skin_tone.ItaCache(settings.feature_cache_dir).angles(
+        [(ref.sha256, ref.load) for ref in refs]
+    )
+    photos = [
+        {
+            "sha256": row.sha256,
+            "split": row.split,
+            "label": row.label,
+            "ita": None if not np.isfinite(angle) else round(float(angle), 2),
+        }
+        for row, angle in zip(rows, angles, strict=True)
+    ]
+    mlflow.log_dict({"method": skin_tone.METHOD, "photos": photos}, SKIN_TONES_ARTIFACT)
+    return angles
+
+
+def log_predictions(
+    rows: Sequence[LesionRecord],
+    logits: np.ndarray,
+    labels: Sequence[str],
+    temperature: float,
+    artifact: str,
+) -> None:
+    """Log one prediction per photo (SHA-256, true label, logits) and the temperature that
+    calibrates them: what bootstrap intervals and per-group metrics are computed from."""
+    import mlflow
+
+    mlflow.log_dict(
+        {
+            "labels": list(labels),
+            "temperature": float(temperature),
+            "photos": [
+                {"sha256": row.sha256, "label": row.label, "logits": np.round(z, 5).tolist()}
+                for row, z in zip(rows, np.asarray(logits, np.float64), strict=True)
+            ],
+        },
+        artifact,
+    )

@@ -263,6 +263,8 @@ def train_and_track(
             ),
         )
         mlflow.log_dict(val_set.as_dict(), VAL_SET_ARTIFACT)
+        with timed(timings, "skin_tones", peaks):
+            stages.log_skin_tones(train_records + val_records, train_refs + val_refs, settings)
 
         # 3. frozen features
         params.update(
@@ -366,6 +368,13 @@ def train_and_track(
             plots = stages.write_plots(evaluation, history, labels)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(plots), artifact_path="plots")
+        stages.log_predictions(
+            val_records,
+            val_logits,
+            labels,
+            evaluation.temperature,
+            stages.VAL_PREDICTIONS_ARTIFACT,
+        )
         mlflow.log_dict(
             {
                 "labels": labels,

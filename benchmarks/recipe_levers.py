@@ -1,0 +1,169 @@
+"""Every recipe lever scored by ``skin-mlops cv`` on dermnet5: one table, kept or not.
+
+Usage (from the repo root)::
+
+    uv run python benchmarks/recipe_levers.py [--lever NAME ...] [--folds 5]
+
+Each lever is a set of ``skin-mlops train`` flags; ``skin-mlops cv <flags>`` runs on the
+dermnet5 photos ingested in ``benchmarks/out/default-run-work`` (the folder
+``train_benchmark.py default`` makes; ingested here first if it is missing), with the same
+folds for every lever (same seed, same near-duplicate groups). The feature cache is shared
+with ``train``, so a lever that changes only the head reuses the extracted features.
+
+A lever is **kept** when its CV macro-F1 beats the default's by more than one standard
+error of the difference of the fold means (the folds are the same, so the per-fold
+differences are paired); otherwise it is rejected, whatever val says. The table (macro-F1
+mean +- std, accuracy, worst class F1, out-of-fold ECE before/after scaling, wall time) is
+printed and written to ``benchmarks/out/recipe_levers.json`` and ``.md``.
+
+Exits 2 when the shared data set is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+from train_benchmark import LABELS, OUT, SHARED, cli, console, prepare_workdir
+
+WORK = OUT / "default-run-work"
+DEFAULT = "default"
+LEVERS: dict[str, list[str]] = {
+    DEFAULT: [],  # Lite0 at 288 px, multi pooling, 12 views, 1 head
+    "lite1": ["--backbone", "efficientnet_lite1"],
+    "lite2": ["--backbone", "efficientnet_lite2"],
+    "lite2-320": ["--backbone", "efficientnet_lite2", "--image-size", "320"],
+    "heads3": ["--heads", "3"],
+    "lite2-heads3": ["--backbone", "efficientnet_lite2", "--heads", "3"],
+    "views24": ["--views", "24"],
+}
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def cv_runs(work: Path) -> list[dict]:
+    """Params and metrics of every ``skin-mlops cv`` parent run in the work dir's store."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'data' / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("skin-classifier")
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.stage = 'cv'", order_by=["start_time DESC"]
+    )
+    out = []
+    for run in runs:
+        children = client.search_runs(
+            [experiment.experiment_id], f"tags.mlflowParentRunId = '{run.info.run_id}'"
+        )
+        folds = {int(c.data.params["fold"]): c.data.metrics["val_macro_f1"] for c in children}
+        out.append(
+            {
+                "run_id": run.info.run_id,
+                "params": run.data.params,
+                "metrics": run.data.metrics,
+                "fold_macro_f1": [folds[k] for k in sorted(folds)],
+            }
+        )
+    return out
+
+
+def row(name: str, flags: list[str], run: dict, wall_s: float) -> dict:
+    m = run["metrics"]
+    return {
+        "lever": name,
+        "flags": " ".join(flags) or "(default recipe)",
+        "run_id": run["run_id"],
+        "cv_macro_f1_mean": m["cv_macro_f1_mean"],
+        "cv_macro_f1_std": m["cv_macro_f1_std"],
+        "cv_accuracy_mean": m["cv_accuracy_mean"],
+        "worst_class_f1": min(m[f"cv_f1_{label}_mean"] for label in LABELS),
+        "oof_ece_before": m["oof_ece_before_scaling"],
+        "oof_ece_after": m["oof_ece_after_scaling"],
+        "fold_macro_f1": run["fold_macro_f1"],
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def decide(rows: list[dict]) -> None:
+    """Kept = paired per-fold gain over the default larger than its standard error."""
+    base = next((r for r in rows if r["lever"] == DEFAULT), None)
+    for r in rows:
+        if base is None or r is base:
+            r["gain"], r["gain_se"], r["kept"] = 0.0, 0.0, r is base
+            continue
+        diff = np.asarray(r["fold_macro_f1"]) - np.asarray(base["fold_macro_f1"])
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        r["gain"], r["gain_se"] = float(diff.mean()), se
+        r["kept"] = bool(diff.mean() > se)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| lever | flags | CV macro-F1 | gain vs default (± SE) | accuracy | worst class F1 "
+        "| OOF ECE before → after | wall s | kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['lever']} | `{r['flags']}` | {r['cv_macro_f1_mean']:.3f} ± "
+            f"{r['cv_macro_f1_std']:.3f} | {r['gain']:+.3f} ± {r['gain_se']:.3f} | "
+            f"{r['cv_accuracy_mean']:.3f} | {r['worst_class_f1']:.3f} | "
+            f"{r['oof_ece_before']:.3f} → {r['oof_ece_after']:.3f} | {r['wall_s']:.0f} | "
+            f"{'yes' if r['kept'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def main(
+    lever: Annotated[
+        list[str] | None, typer.Option(help=f"Levers to run (default: all of {list(LEVERS)}).")
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="CV folds.")] = 5,
+) -> None:
+    """Run ``skin-mlops cv`` once per lever and print the table."""
+    if not SHARED.is_dir():
+        console.print(f"{SHARED} not found: the benchmark needs the dermnet5 photos")
+        raise typer.Exit(2)
+    names = lever or list(LEVERS)
+    unknown = sorted(set(names) - set(LEVERS))
+    if unknown:
+        raise typer.BadParameter(f"unknown lever(s) {unknown}; choose from {list(LEVERS)}")
+    config = WORK / "configs" / "dataset_config.yaml"
+    if not (WORK / "data" / "metadata" / "skin_metadata.db").is_file():
+        config = prepare_workdir(WORK)
+        cli(WORK, "ingest", "--config", str(config), "--splits", "train", "val")
+    results_path = OUT / "recipe_levers.json"
+    previous = json.loads(results_path.read_text()) if results_path.is_file() else []
+    rows = {r["lever"]: r for r in previous}
+    for name in names:
+        console.rule(f"lever {name}")
+        started = time.perf_counter()
+        cli(WORK, "cv", "--config", str(config), "--folds", str(folds), *LEVERS[name])
+        rows[name] = row(name, LEVERS[name], cv_runs(WORK)[0], time.perf_counter() - started)
+    ordered = [rows[n] for n in LEVERS if n in rows]
+    decide(ordered)
+    results_path.write_text(json.dumps(ordered, indent=2))
+    (OUT / "recipe_levers.md").write_text(markdown(ordered))
+    table = Table(title=f"recipe levers, {folds}-fold CV on dermnet5 (2-core CPU)")
+    for column in ("lever", "CV macro-F1", "gain ± SE", "worst F1", "OOF ECE", "s", "kept"):
+        table.add_column(column)
+    for r in ordered:
+        table.add_row(
+            r["lever"],
+            f"{r['cv_macro_f1_mean']:.3f} ± {r['cv_macro_f1_std']:.3f}",
+            f"{r['gain']:+.3f} ± {r['gain_se']:.3f}",
+            f"{r['worst_class_f1']:.3f}",
+            f"{r['oof_ece_before']:.3f} → {r['oof_ece_after']:.3f}",
+            f"{r['wall_s']:.0f}",
+            "yes" if r["kept"] else "no",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()
