@@ -77,3 +77,13 @@ def test_ita_cache_round_trips_nan(tmp_path: Path) -> None:
     blue = _jpeg(Image.new("RGB", (64, 64), (30, 80, 200)))
     angles = skin_tone.ItaCache(tmp_path).angles([("s", lambda: skin), ("b", lambda: blue)])
     assert angles[0] == pytest.approx(_ita(MEDIUM), abs=1.0) and np.isnan(angles[1])
+
+
+def test_a_cache_file_of_another_layout_is_rebuilt_not_fatal(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "phash.sqlite") as db:  # the layout before PhotoCache
+        db.execute("CREATE TABLE phash (sha256 TEXT PRIMARY KEY, bits BLOB)")
+        db.execute("INSERT INTO phash VALUES ('a', x'00')")
+    cache = PhotoCache(tmp_path, "phash", lambda data: data + b"!")
+    assert cache.values([("a", lambda: b"x")]) == [b"x!"]

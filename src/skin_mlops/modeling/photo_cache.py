@@ -23,6 +23,10 @@ class PhotoCache:
         self._compute = compute
         self._table = name
         with self._connect() as db:
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({name})")]
+            if columns and columns != ["sha256", "value"]:
+                # another release's layout: it is only a cache, so start it again
+                db.execute(f"DROP TABLE {name}")
             db.execute(f"CREATE TABLE IF NOT EXISTS {name} (sha256 TEXT PRIMARY KEY, value BLOB)")
 
     def _connect(self) -> sqlite3.Connection:
