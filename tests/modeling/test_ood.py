@@ -53,6 +53,19 @@ def test_the_score_is_the_mahalanobis_distance_to_the_nearest_class() -> None:
     np.testing.assert_allclose(fit.scores(probe), expected, rtol=1e-4)
 
 
+def test_the_chunked_fit_on_some_rows_equals_the_fit_on_their_copy(monkeypatch) -> None:
+    """The guard streams float64 chunks over the rows it fits (no copy per fold)."""
+    rng = np.random.default_rng(4)
+    features = rng.normal(0, 1, (60, 3, 8)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, 60)
+    rows = np.sort(rng.choice(60, 41, replace=False))
+    whole = ood.fit_mahalanobis(features[rows], labels[rows], CLASSES)
+    monkeypatch.setattr(ood, "CHUNK_ROWS", 7)
+    chunked = ood.fit_mahalanobis(features, labels, CLASSES, rows=rows)
+    np.testing.assert_allclose(chunked.projection, whole.projection, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked.centres, whole.centres, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("n", [40, 500])  # fewer samples than dimensions, and more
 def test_the_ledoit_wolf_covariance_is_scikit_learns(n: int) -> None:
     from sklearn.covariance import LedoitWolf

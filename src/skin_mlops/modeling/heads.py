@@ -180,16 +180,26 @@ def feature_dataset(
     seed: int,
 ) -> Any:
     """A ``tf.data`` pipeline over cached features ``[N, V, D]`` (every view is a sample),
-    one-hot labels."""
+    one-hot labels.
+
+    The features go into TensorFlow once; what is shuffled is the row *indices* and each
+    batch is gathered from them, so memory holds one copy of the features, not a second
+    one in a full-size shuffle buffer (the same seeded order as shuffling the rows).
+    """
     import tensorflow as tf
 
     n, views, dim = features.shape
-    x = features.reshape(n * views, dim)
-    y = np.eye(num_classes, dtype=np.float32)[np.repeat(labels, views)]
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    x = tf.constant(features.reshape(n * views, dim))
+    y = tf.one_hot(np.repeat(labels, views), num_classes, dtype=tf.float32)
+    dataset = tf.data.Dataset.range(n * views)
     if shuffle:
-        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.shuffle(n * views, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(
+        lambda rows: (tf.gather(x, rows), tf.gather(y, rows)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def train_head(

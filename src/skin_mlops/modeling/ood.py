@@ -92,21 +92,10 @@ class OodGuard:
         return self.scores(features) <= self.threshold
 
 
-def ledoit_wolf_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(covariance, shrinkage)`` of ``centred`` samples ``[N, D]``: Ledoit-Wolf, exactly
-    as ``sklearn.covariance.LedoitWolf(assume_centered=True)`` computes it.
-
-    scikit-learn sums the entries of ``(X**2).T @ (X**2)`` block by block for the
-    shrinkage: that is ``sum_i ||x_i||^4``, an O(N D) sum, and the other term is
-    ``||S||_F^2`` of the sample covariance ``S`` already computed. Same numbers (a test
-    holds them to scikit-learn's), one D x D product instead of two: 3.7 s -> 0.6 s at
-    8,244 x 1,664 here.
-    """
-    n, d = centred.shape
-    sample = centred.T @ centred / n
+def _ledoit_wolf(sample: np.ndarray, beta_sum: float, n: int) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf from the sample covariance ``S = X^T X / n`` and ``sum_i ||x_i||^4``."""
+    d = sample.shape[0]
     mu = float(np.trace(sample)) / d
-    squared_norms = np.einsum("ij,ij->i", centred, centred)
-    beta_sum = float(np.sum(squared_norms**2))  # = sum((X**2).T @ (X**2))
     delta_sum = float(np.sum(sample**2))  # = sum((X.T @ X)**2) / N**2
     beta = (beta_sum / n - delta_sum) / (d * n)
     delta = (delta_sum - 2.0 * mu * float(np.trace(sample)) + d * mu**2) / d
@@ -117,33 +106,77 @@ def ledoit_wolf_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
     return covariance, shrinkage
 
 
-def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_classes: int) -> MahalanobisFit:
+def ledoit_wolf_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(covariance, shrinkage)`` of ``centred`` samples ``[N, D]``: Ledoit-Wolf, exactly
+    as ``sklearn.covariance.LedoitWolf(assume_centered=True)`` computes it.
+
+    scikit-learn sums the entries of ``(X**2).T @ (X**2)`` block by block for the
+    shrinkage: that is ``sum_i ||x_i||^4``, an O(N D) sum, and the other term is
+    ``||S||_F^2`` of the sample covariance ``S`` already computed. Same numbers (a test
+    holds them to scikit-learn's), one D x D product instead of two: 3.7 s -> 0.6 s at
+    8,244 x 1,664 here.
+    """
+    n = centred.shape[0]
+    squared_norms = np.einsum("ij,ij->i", centred, centred)
+    return _ledoit_wolf(centred.T @ centred / n, float(np.sum(squared_norms**2)), n)
+
+
+CHUNK_ROWS = 4096  # rows converted to float64 at a time while fitting
+
+
+def _chunks(rows: np.ndarray) -> list[np.ndarray]:
+    return [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+
+
+def fit_mahalanobis(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    rows: np.ndarray | None = None,
+) -> MahalanobisFit:
     """Class means and the shared (Ledoit-Wolf shrunk) covariance of ``features``.
 
     The projection is ``W = L^-T`` for the Cholesky factor ``S = L L^T`` (so ``W W^T =
-    S^-1``): a triangular solve, not an eigendecomposition.
+    S^-1``): a triangular solve, not an eigendecomposition. The sums are accumulated in
+    float64 over chunks of :data:`CHUNK_ROWS` rows, so memory does not grow with the
+    photo count beyond the features themselves (no float64 or per-fold copy of them).
 
     Args:
         features (np.ndarray): ``[N, D]`` or ``[N, V, D]`` (every view of a photo counts,
             with the photo's label).
         labels (np.ndarray): ``int[N]`` class index per photo.
         num_classes (int): ``K``; every class needs at least one photo.
+        rows (np.ndarray | None): the photos to fit on (default: all).
     """
     from scipy.linalg import cholesky, solve_triangular
 
-    x = np.asarray(features, np.float64)
-    y = np.asarray(labels)
-    if x.ndim == 3:
-        y = np.repeat(y, x.shape[1])
-        x = x.reshape(-1, x.shape[-1])
-    if x.ndim != 2 or len(x) != len(y):
+    labels = np.asarray(labels)
+    if features.ndim not in (2, 3) or len(features) != len(labels):
         raise DataError(f"features of shape {features.shape} do not match {len(labels)} labels")
-    missing = [k for k in range(num_classes) if not np.any(y == k)]
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    views, dim = (features.shape[1] if features.ndim == 3 else 1), features.shape[-1]
+
+    def block(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(features[chunk], np.float64).reshape(-1, dim)
+        return x, np.repeat(labels[chunk], views)
+
+    sums, counts = np.zeros((num_classes, dim)), np.zeros(num_classes)
+    for chunk in _chunks(rows):
+        x, y = block(chunk)
+        np.add.at(sums, y, x)
+        counts += np.bincount(y, minlength=num_classes)
+    missing = [k for k in range(num_classes) if counts[k] == 0]
     if missing:
         raise DataError(f"the OOD guard needs photos of every class (none of {missing})")
-    means = np.stack([x[y == k].mean(axis=0) for k in range(num_classes)])
-    x -= means[y]
-    covariance, _ = ledoit_wolf_covariance(x)
+    means = sums / counts[:, None]
+    scatter, beta_sum = np.zeros((dim, dim)), 0.0
+    for chunk in _chunks(rows):
+        x, y = block(chunk)
+        x -= means[y]
+        scatter += x.T @ x
+        beta_sum += float(np.sum(np.einsum("ij,ij->i", x, x) ** 2))
+    n = int(counts.sum())
+    covariance, _ = _ledoit_wolf(scatter / n, beta_sum, n)
     # a floor under the diagonal keeps a degenerate (e.g. constant) feature invertible
     covariance.flat[:: covariance.shape[0] + 1] += max(np.trace(covariance), 1e-12) * 1e-9
     lower = cholesky(covariance, lower=True)
@@ -191,7 +224,7 @@ def fit_guard(
     heldout = np.empty(len(labels), np.float32)
     splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     for fit_rows, held_rows in splitter.split(np.zeros(len(labels)), labels):
-        fold_fit = fit_mahalanobis(features[fit_rows], labels[fit_rows], num_classes)
+        fold_fit = fit_mahalanobis(features, labels, num_classes, rows=fit_rows)
         heldout[held_rows] = fold_fit.scores(features[held_rows, 0])
     threshold = float(np.quantile(heldout, pass_rate))
     return OodGuard(
