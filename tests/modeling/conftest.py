@@ -294,7 +294,7 @@ class ChampionKit:
         import onnx
 
         from skin_mlops import export_format
-        from skin_mlops.modeling import tracking
+        from skin_mlops.modeling import registry
         from skin_mlops.modeling.export import upload_export
         from skin_mlops.modeling.promotion import VAL_SET_ARTIFACT
 
@@ -322,7 +322,7 @@ class ChampionKit:
             )
             if store is not None:
                 upload_export(store, self.settings.s3_models_bucket, run_id, folder)
-            version = tracking.register_version(
+            version = registry.register_version(
                 info.model_uri,
                 model_name,
                 score,

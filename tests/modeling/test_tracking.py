@@ -16,7 +16,7 @@ import pytest
 
 from skin_mlops.core.config import load_settings
 from skin_mlops.core.errors import ServiceUnavailableError
-from skin_mlops.modeling import tracking
+from skin_mlops.modeling import registry, tracking
 from utils.tools import missing_tool
 
 
@@ -93,7 +93,7 @@ def test_the_champion_is_compared_by_its_score_on_the_same_photos_with_a_margin(
 
     def gate(score: float, min_delta: float = 0.01):
         _, version = champion_kit.register(experiment_id, champion_kit.perfect, score)
-        return tracking.promote_if_better(
+        return registry.promote_if_better(
             "skin-classifier",
             version,
             score,
@@ -118,7 +118,7 @@ def test_the_champion_is_compared_by_its_score_on_the_same_photos_with_a_margin(
     assert str(client.get_model_version_by_alias("skin-classifier", "champion").version) == "4"
 
     # a retried gate for the champion decides the same and moves nothing
-    again = tracking.promote_if_better(
+    again = registry.promote_if_better(
         "skin-classifier", "4", 0.66, rescore=_fixed_scores({}), min_delta=0.01
     )
     assert again.promoted and "already holds" in again.summary
@@ -158,10 +158,10 @@ def test_a_champion_this_code_cannot_run_is_replaced_with_the_reason(champion_ki
         experiment_id, champion_kit.perfect, 0.99, preprocessing_id="another-preprocessing-v0"
     )
     scorer = SamePhotoScorer(photos.val_set, photos.load, settings)
-    first = tracking.promote_if_better("skin-classifier", old, 0.99, rescore=scorer)
+    first = registry.promote_if_better("skin-classifier", old, 0.99, rescore=scorer)
     assert first.promoted
     _, new = champion_kit.register(experiment_id, champion_kit.wrong, 0.1)
-    decision = tracking.promote_if_better("skin-classifier", new, 0.1, rescore=scorer)
+    decision = registry.promote_if_better("skin-classifier", new, 0.1, rescore=scorer)
     assert decision.promoted and decision.previous_version == old
     assert decision.previous_score is None
     assert "cannot be re-scored" in decision.reason and "another-preprocessing" in decision.reason
@@ -173,9 +173,9 @@ def test_no_model_or_no_alias_is_no_champion(tmp_path, mlflow_db_template) -> No
     settings = _gate_settings(tmp_path, mlflow_db_template)
     tracking.connect(settings)
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    assert tracking.current_champion(client, "no-such-model") is None
+    assert registry.current_champion(client, "no-such-model") is None
     client.create_registered_model("no-alias-yet")
-    assert tracking.current_champion(client, "no-alias-yet") is None
+    assert registry.current_champion(client, "no-alias-yet") is None
 
 
 def test_a_registry_error_while_reading_the_champion_is_one_line_not_no_champion(
@@ -188,10 +188,10 @@ def test_a_registry_error_while_reading_the_champion_is_one_line_not_no_champion
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens: MLflow's own error
     with pytest.raises(ServiceUnavailableError, match="failed while reading") as caught:
-        tracking.current_champion(mlflow.MlflowClient(uri), "skin-classifier")
+        registry.current_champion(mlflow.MlflowClient(uri), "skin-classifier")
     assert "\n" not in str(caught.value)
     with pytest.raises(ServiceUnavailableError, match="failed while reading"):
-        tracking.promote_if_better(
+        registry.promote_if_better(
             "skin-classifier", "7", 0.9, rescore=_fixed_scores({}), tracking_uri=uri
         )
 
@@ -213,7 +213,7 @@ def test_two_gates_at_once_make_one_champion_and_the_second_sees_the_first(
     experiment_id = tracking.connect(settings)
     photos = champion_kit.val_photos(per_label=2)
     _, v1 = champion_kit.register(experiment_id, champion_kit.wrong, 0.9)
-    tracking.promote_if_better("skin-classifier", v1, 0.9, rescore=_fixed_scores({}))
+    registry.promote_if_better("skin-classifier", v1, 0.9, rescore=_fixed_scores({}))
     candidates = [
         champion_kit.register(experiment_id, champion_kit.perfect, 1.0)[1] for _ in range(2)
     ]
@@ -236,7 +236,7 @@ def test_two_gates_at_once_make_one_champion_and_the_second_sees_the_first(
 
         barrier.wait(timeout=60)
         try:
-            results[version] = tracking.promote_if_better(
+            results[version] = registry.promote_if_better(
                 "skin-classifier",
                 version,
                 1.0,
@@ -254,7 +254,7 @@ def test_two_gates_at_once_make_one_champion_and_the_second_sees_the_first(
     for thread in threads:
         thread.join(timeout=120)
     decisions = [results[v] for v in candidates]
-    assert all(isinstance(d, tracking.ChampionDecision) for d in decisions), decisions
+    assert all(isinstance(d, registry.ChampionDecision) for d in decisions), decisions
     (winner,) = [d for d in decisions if d.promoted]
     (second,) = [d for d in decisions if not d.promoted]
     assert winner.previous_version == v1 and winner.previous_score == 0.0
@@ -266,7 +266,7 @@ def test_two_gates_at_once_make_one_champion_and_the_second_sees_the_first(
     published = export_format.read_signature(export_format.resolve_export_dir(link))
     assert published.model_version == f"exp-{winner.version}"
     assert winner.published_dir is not None and second.published_dir is None
-    assert tracking.champion_lock_path(uri).is_file()
+    assert registry.champion_lock_path(uri).is_file()
 
 
 def test_log_params_logs_more_than_one_store_batch_and_skips_none(tmp_path, mlflow_db_template):

@@ -170,7 +170,7 @@ def test_training_pipeline_end_to_end_then_unchanged_data_keeps_the_champion(
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     from skin_mlops.core.config import get_settings
-    from skin_mlops.modeling.tracking import CHAMPION_ALIAS
+    from skin_mlops.modeling.registry import CHAMPION_ALIAS
 
     populate(platform_env, per_label=6)
     dag = dagbag.dags["train_model_pipeline"]

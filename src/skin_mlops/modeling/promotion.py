@@ -6,7 +6,7 @@ better than the champion *on the same photos*, then publish its export to
 Airflow pipeline trains with ``promote=False`` and calls :func:`promote_run` in its
 ``evaluate_and_promote`` task, possibly on another worker: the export is therefore read
 back from the models bucket (``models-registry/skin/models/<run_id>/``), not from the
-training machine's disk. Both paths use :func:`tracking.promote_if_better`.
+training machine's disk. Both paths use :func:`registry.promote_if_better`.
 
 **Same photos.** A candidate's val macro-F1 was measured on its run's val set; the
 champion's stored number was measured on *its* run's (maybe another split, an older
@@ -108,7 +108,7 @@ def load_val_set(client: Any, run_id: str) -> ValSet:
 
 
 class SamePhotoScorer:
-    """A :data:`~skin_mlops.modeling.tracking.ChampionScorer` on one run's val photos.
+    """A :data:`~skin_mlops.modeling.registry.ChampionScorer` on one run's val photos.
 
     ``load(photo)`` returns a photo's verified bytes. Results are kept per version (a
     gate that re-scores the same champion twice pays once).
@@ -131,7 +131,7 @@ class SamePhotoScorer:
         from skin_mlops.api.model_runtime import ModelRefusedError, load_model
         from skin_mlops.api.registry import RegistrySource
         from skin_mlops.modeling.evaluate import macro_f1
-        from skin_mlops.modeling.tracking import ChampionNotComparable
+        from skin_mlops.modeling.registry import ChampionNotComparable
         from skin_mlops.preprocessing import preprocess_bytes
 
         key = f"{model_name}/{version}"
@@ -246,7 +246,7 @@ def promote_run(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from skin_mlops.modeling import tracking
+    from skin_mlops.modeling import registry, tracking
 
     settings = settings or get_settings()
     tracking.connect(settings)
@@ -255,7 +255,7 @@ def promote_run(
     name = settings.registered_model_name
     try:
         registered = client.get_model_version(name, model_version)
-        score = tracking.version_score(client, name, model_version)
+        score = registry.version_score(client, name, model_version)
     except MlflowException as exc:
         raise ServiceUnavailableError(
             f"cannot read {name} v{model_version} from MLflow at {uri}: "
@@ -282,7 +282,7 @@ def promote_run(
             store, settings.s3_models_bucket, run_id, export_version, Path(settings.model_dir)
         )
 
-    decision = tracking.promote_if_better(
+    decision = registry.promote_if_better(
         name,
         model_version,
         score,
@@ -292,7 +292,7 @@ def promote_run(
         publish=publish,
     )
     try:
-        tracking.log_decision(client, run_id, decision)
+        registry.log_decision(client, run_id, decision)
     except ServiceUnavailableError as exc:  # decided and published already: a retry logs it
         raise ServiceUnavailableError(f"{decision.summary}; but {exc}") from None
     return PromotionResult(

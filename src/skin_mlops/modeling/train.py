@@ -35,7 +35,7 @@ Top to bottom, one run does:
    ``evaluation/val_set.json``), the ONNX model registered as ``skin-classifier`` (with
    ``signature.json`` and ``class_index.json``); the export is uploaded to the models
    bucket under ``skin/models/<run_id>/``;
-9. **promotion** - the gate (:func:`skin_mlops.modeling.tracking.promote_if_better`):
+9. **promotion** - the gate (:func:`skin_mlops.modeling.registry.promote_if_better`):
    the current champion is re-scored on this run's val photos and ``champion`` moves only
    when this run's val macro-F1 beats it by ``PROMOTION_MIN_DELTA`` (0.01); a new
    champion is published atomically to ``settings.model_dir`` (``runs/skin5-current``)
@@ -182,7 +182,7 @@ def train_and_track(
         SkinMlopsError: any problem a user can fix, as one line (see module docstring).
     """
     from skin_mlops import export_format
-    from skin_mlops.modeling import evaluate, export, tracking
+    from skin_mlops.modeling import evaluate, export, registry, tracking
     from skin_mlops.modeling.promotion import VAL_SET_ARTIFACT, SamePhotoScorer, ValPhoto, ValSet
     from skin_mlops.storage import make_object_store
 
@@ -468,7 +468,7 @@ def train_and_track(
                     str(staging / export_format.CLASS_INDEX_FILE),
                 ],
             )
-            registered = tracking.register_version(
+            registered = registry.register_version(
                 onnx_info.model_uri,
                 settings.registered_model_name,
                 evaluation.report.macro_f1,
@@ -484,7 +484,7 @@ def train_and_track(
             try:
                 if promote:
                     val_bytes = {ref.sha256: ref.load for ref in val_refs}
-                    decision = tracking.promote_if_better(
+                    decision = registry.promote_if_better(
                         settings.registered_model_name,
                         registered,
                         evaluation.report.macro_f1,
@@ -496,12 +496,12 @@ def train_and_track(
                         publish=lambda: export.publish_export(result, Path(settings.model_dir)),
                     )
                 else:
-                    decision = tracking.ChampionDecision.deferred(
+                    decision = registry.ChampionDecision.deferred(
                         settings.registered_model_name, registered, evaluation.report.macro_f1
                     )
             finally:  # published: renamed into runs/skin5/; otherwise (or on error): dropped
                 shutil.rmtree(staging, ignore_errors=True)
-            tracking.log_decision(
+            registry.log_decision(
                 mlflow.MlflowClient(settings.mlflow_tracking_uri), run_id, decision
             )
             published = decision.published_dir
