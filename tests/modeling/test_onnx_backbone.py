@@ -155,3 +155,46 @@ def test_a_damaged_cached_file_is_converted_again(tmp_path: Path, tiny_backbone)
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "pooling"), [("efficientnet_lite0", "multi"), ("efficientnet_lite2", "avg+mid")]
+)
+def test_the_keras_free_feature_space_is_the_built_backbone_s(name: str, pooling: str) -> None:
+    from skin_mlops.modeling.backbones import build_backbone, lite_space_without_keras
+
+    built = build_backbone(name, image_size=64, pooling=pooling)
+    assert lite_space_without_keras(name, pooling) == (built.weights_sha256, built.feature_dim)
+
+
+def test_training_s_conversion_runs_in_a_child_process_once(tmp_path: Path, monkeypatch) -> None:
+    """The child writes the file the in-process path then finds (no second conversion)."""
+    import subprocess
+
+    from skin_mlops.core.config import load_settings
+    from skin_mlops.modeling.backbones import build_backbone
+    from skin_mlops.modeling.options import TrainingOptions
+
+    settings = load_settings(weights_cache_dir=tmp_path / "weights", _env_file=None)
+    options = TrainingOptions(image_size=64)
+    path = onnx_backbone.convert_in_child_process(options, settings)
+    assert path is not None and path.is_file()
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a cached conversion must not start a child process")
+
+    monkeypatch.setattr(subprocess, "run", no_child)
+    assert onnx_backbone.convert_in_child_process(options, settings) == path
+    backbone = build_backbone(image_size=64, pooling="multi", weights_cache_dir=tmp_path / "w")
+    space = FeatureSpace.of(backbone, options.backbone_options_key).key
+    mtime = path.stat().st_mtime_ns
+    assert onnx_backbone.ensure_backbone_onnx(backbone, space, settings.weights_cache_dir) == path
+    assert path.stat().st_mtime_ns == mtime  # found, not converted again
+    # not a Lite backbone, or a fine-tuned recipe: nothing done here
+    assert (
+        onnx_backbone.convert_in_child_process(
+            TrainingOptions(backbone="efficientnet_b0", backbone_options=(("pooling", "avg"),)),
+            settings,
+        )
+        is None
+    )

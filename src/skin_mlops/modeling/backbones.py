@@ -188,6 +188,19 @@ def scale_lite_blocks(width: float, depth: float) -> BlockTable:
     return tuple(table)
 
 
+def lite_space_without_keras(name: str, pooling: str) -> tuple[str, int]:
+    """``(weights SHA-256, feature_dim)`` of a Lite backbone, without importing Keras.
+
+    What :class:`Backbone` would report once built (a test holds them equal): training
+    uses it to find the backbone's cached ONNX file before TensorFlow is loaded.
+    """
+    blocks = _lite_variant(name).blocks
+    if pooling not in POOLED_STAGES:
+        raise ConfigError(f"unknown pooling {pooling!r} (choose {', '.join(POOLED_STAGES)})")
+    extra = sum(blocks[stage - 1][5] for stage in POOLED_STAGES[pooling])
+    return sha256_file(lite_source_weights(name)), LITE0_HEAD_FILTERS + extra
+
+
 def _lite_variant(name: str) -> LiteVariant:
     try:
         return LITE_VARIANTS[name]

@@ -180,10 +180,10 @@ def cross_validate(
         SkinMlopsError: anything a user can fix, as one line (no ingested data, too few
             photos for the folds, MLflow or the store unreachable, fine-tuning asked).
     """
-    import keras
     import mlflow
 
     from skin_mlops.modeling import evaluate, near_duplicates, tracking
+    from skin_mlops.modeling.onnx_backbone import convert_in_child_process
     from skin_mlops.storage import make_object_store
 
     stages.quiet_libraries()
@@ -212,6 +212,11 @@ def cross_validate(
         groups = near_duplicates.duplicate_groups(hashes)
     splits = fold_assignment(y, groups, folds, options.seed)
     n_groups = len(set(groups.tolist()))
+    if backbone is None:  # before TensorFlow is imported here, as train does
+        with stages.timed(timings, "backbone_conversion"):
+            convert_in_child_process(options, settings)
+    import keras
+
     with stages.timed(timings, "backbone"):
         backbone = backbone or stages.build_run_backbone(options, settings)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +35,9 @@ from skin_mlops.core.files import atomic_path
 from skin_mlops.modeling.export import ExportError, convert_to_onnx, onnx_session
 
 if TYPE_CHECKING:
+    from skin_mlops.core.config import Settings
     from skin_mlops.modeling.backbones import Backbone
+    from skin_mlops.modeling.options import TrainingOptions
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,82 @@ def ensure_backbone_onnx(backbone: Backbone, space_key: str, cache_dir: Path) ->
     return path
 
 
+def convert_in_child_process(options: TrainingOptions, settings: Settings) -> Path | None:
+    """Convert the recipe's backbone to its cached ONNX file in a separate process.
+
+    ``tf2onnx`` holds about 1 GB while it converts, and a process keeps its high-water
+    mark: converted inside training, that gigabyte is added to everything training holds
+    afterwards. Called before training imports TensorFlow, a child process builds the
+    backbone, converts it and checks it against Keras (:func:`ensure_backbone_onnx`), then
+    exits and returns its memory; training finds the file in the cache.
+
+    Only for the EfficientNet-Lite backbones (their feature space is known without Keras,
+    :func:`~skin_mlops.modeling.backbones.lite_space_without_keras`) and only when the
+    file is missing; otherwise, or if the child fails, nothing happens here and
+    :func:`ensure_backbone_onnx` converts in the process as before.
+
+    Returns:
+        Path | None: the cached file when it exists now, else None.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from skin_mlops import preprocessing
+    from skin_mlops.modeling.backbones import LITE_VARIANTS, lite_space_without_keras
+    from skin_mlops.modeling.features import FeatureSpace
+
+    pooling = dict(options.backbone_options).get("pooling", "avg")
+    if options.backbone not in LITE_VARIANTS or options.fine_tune_layers:
+        return None
+    weights_sha, feature_dim = lite_space_without_keras(options.backbone, pooling)
+    space = FeatureSpace(
+        options.backbone,
+        options.backbone_options_key,
+        weights_sha,
+        feature_dim,
+        preprocessing.PREPROCESSING_ID,
+        options.image_size,
+    )
+    path = backbone_onnx_path(space.key, settings.weights_cache_dir)
+    if path.is_file():
+        return path
+    request = {
+        "backbone": options.backbone,
+        "image_size": options.image_size,
+        "pooling": pooling,
+        "weights_cache_dir": str(settings.weights_cache_dir),
+        "backbone_options": options.backbone_options_key,
+        "space_key": space.key,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", __name__, json.dumps(request)], check=False, timeout=1800
+    )
+    if done.returncode != 0 or not path.is_file():
+        log.warning("backbone ONNX conversion in a child process failed: converting in-process")
+        return None
+    return path
+
+
+def _child_main(request: dict[str, object]) -> int:
+    from skin_mlops.modeling.backbones import build_backbone
+    from skin_mlops.modeling.features import FeatureSpace
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backbone = build_backbone(
+        str(request["backbone"]),
+        image_size=int(str(request["image_size"])),
+        weights_cache_dir=Path(str(request["weights_cache_dir"])),
+        pooling=str(request["pooling"]),
+    )
+    key = FeatureSpace.of(backbone, str(request["backbone_options"])).key
+    if key != request["space_key"]:  # the parent's Keras-free key is out of date
+        log.error("feature space %s is not the parent's %s", key, request["space_key"])
+        return 3
+    path = ensure_backbone_onnx(backbone, key, Path(str(request["weights_cache_dir"])))
+    return 0 if path is not None else 2
+
+
 def onnx_feature_function(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """``float32[B, S, S, 3] -> float32[B, D]`` on ONNX Runtime (any batch size)."""
     session = onnx_session(path)
@@ -117,3 +196,11 @@ def onnx_feature_function(path: Path) -> Callable[[np.ndarray], np.ndarray]:
         return session.run(None, {name: pixels})[0]
 
     return features
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sys.exit(_child_main(json.loads(sys.argv[1])))

@@ -183,6 +183,7 @@ def train_and_track(
     """
     from skin_mlops import export_format
     from skin_mlops.modeling import evaluate, export, registry, tracking
+    from skin_mlops.modeling.onnx_backbone import convert_in_child_process
     from skin_mlops.modeling.promotion import VAL_SET_ARTIFACT, SamePhotoScorer, ValPhoto, ValSet
     from skin_mlops.storage import make_object_store
 
@@ -202,6 +203,9 @@ def train_and_track(
         experiment_id = tracking.connect(settings)
         store = store or make_object_store(settings)
         store.ensure_bucket(settings.s3_models_bucket)
+    if backbone is None:  # before TensorFlow is imported here (see the function's doc)
+        with timed(timings, "backbone_conversion", peaks):
+            convert_in_child_process(options, settings)
     import keras
     import mlflow
 
