@@ -41,6 +41,7 @@ LEVERS: dict[str, list[str]] = {
     "heads3": ["--heads", "3"],
     "lite2-heads3": ["--backbone", "efficientnet_lite2", "--heads", "3"],
     "views24": ["--views", "24"],
+    "tta8": ["--tta-views", "8"],
 }
 app = typer.Typer(add_completion=False, help=__doc__)
 

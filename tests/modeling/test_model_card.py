@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -84,8 +85,21 @@ def test_card_without_cv_says_so_then_includes_it(trained, tiny_backbone) -> Non
         backbone=tiny_backbone,
         show_progress=False,
     )
+    other = cross_validate(
+        dataset.config_path,
+        settings=settings,
+        options=dataclasses.replace(OPTIONS, epochs=2),
+        folds=3,
+        backbone=tiny_backbone,
+        show_progress=False,
+    )
     model_card.write_model_card(settings, out)
     text = out.read_text()
+    # the lever table: every recipe cross-validated, what differs, its CV score
+    own = f"| **this model** | 3 | {cv.summary['cv_macro_f1_mean']:.3f} ± "
+    assert own in text
+    assert f"| epochs=2 | 3 | {other.summary['cv_macro_f1_mean']:.3f} ± " in text
+    assert text.index(own) < text.index("| epochs=2 |")
     assert f"cross-validation run `{cv.run_id}`" in text
     assert "3-fold CV (train + val), out of fold" in text
     assert f"{cv.summary['cv_macro_f1_mean']:.3f} ± {cv.summary['cv_macro_f1_std']:.3f}" in text

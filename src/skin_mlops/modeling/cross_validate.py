@@ -282,7 +282,14 @@ def cross_validate(
         summary.pop("temperature", None)
         summary["oof_temperature"] = pooled.temperature
         timings["total"] = round(time.perf_counter() - started, 3)
-        mlflow.log_metrics({**summary, **{f"time_{k}_s": v for k, v in timings.items()}})
+        mlflow.log_metrics(
+            {
+                **summary,
+                **{f"time_{k}_s": v for k, v in timings.items()},
+                "peak_rss_mb": stages.peak_rss_mb(),
+                "peak_rss_mb_child_processes": stages.peak_rss_children_mb(),
+            }
+        )
         stages.log_predictions(
             rows, heldout_logits, labels, pooled.temperature, stages.OOF_PREDICTIONS_ARTIFACT
         )

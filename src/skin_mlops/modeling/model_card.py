@@ -97,6 +97,7 @@ class CardData:
     cv_params: dict[str, str] = field(default_factory=dict)
     cv_metrics: dict[str, float] = field(default_factory=dict)
     oof: Predictions | None = None
+    recipes: list[TriedRecipe] = field(default_factory=list)
 
 
 # --- reading it back ----------------------------------------------------------------------
@@ -120,6 +121,50 @@ def _matching_cv_run(client: Any, run: Any) -> Any | None:
         ):
             return candidate
     return None
+
+
+@dataclass(frozen=True)
+class TriedRecipe:
+    """One ``skin-mlops cv`` run on the model's dataset: how its recipe differs."""
+
+    run_id: str
+    differences: str  # "" = the registered model's own recipe
+    folds: str
+    macro_f1_mean: float
+    macro_f1_std: float
+    oof_ece_after: float
+    time_s: float
+    peak_rss_mb: float
+
+
+def tried_recipes(client: Any, run: Any) -> list[TriedRecipe]:
+    """Every recipe cross-validated on this run's dataset (newest run of each), the model's
+    own first: the lever table, from the tracking store rather than from a benchmark."""
+    runs = client.search_runs(
+        [run.info.experiment_id], "tags.stage = 'cv'", order_by=["start_time DESC"]
+    )
+    params, dataset = run.data.params, run.data.tags.get("dataset")
+    seen: dict[str, TriedRecipe] = {}
+    for candidate in runs:
+        if candidate.data.tags.get("dataset") != dataset:
+            continue
+        other, m = candidate.data.params, candidate.data.metrics
+        differences = ", ".join(
+            f"{key}={other.get(key)}" for key in RECIPE_PARAMS if other.get(key) != params.get(key)
+        )
+        if differences in seen or "cv_macro_f1_mean" not in m:
+            continue
+        seen[differences] = TriedRecipe(
+            candidate.info.run_id,
+            differences,
+            other.get("folds", "?"),
+            m["cv_macro_f1_mean"],
+            m.get("cv_macro_f1_std", float("nan")),
+            m.get("oof_ece_after_scaling", float("nan")),
+            m.get("time_total_s", float("nan")),
+            max(m.get("peak_rss_mb", float("nan")), m.get("peak_rss_mb_child_processes", 0.0)),
+        )
+    return sorted(seen.values(), key=lambda r: (r.differences != "", -r.macro_f1_mean))
 
 
 def load_card_data(settings: Settings, version: str | None, folder: Path) -> CardData:
@@ -183,6 +228,7 @@ def load_card_data(settings: Settings, version: str | None, folder: Path) -> Car
         skin_tones=tones,
         plots=plots,
     )
+    data.recipes = tried_recipes(client, run)
     cv_run = _matching_cv_run(client, run)
     if cv_run is not None:
         try:
@@ -419,6 +465,22 @@ def render(data: CardData, out: Path, settings: Settings) -> Path:
             "",
             "No cross-validation run of this recipe on these photos: run `skin-mlops cv` "
             "with the same flags as the training run, then this command again.",
+        ]
+    if data.recipes:
+        lines += [
+            "",
+            "Every recipe cross-validated on these photos (the newest `skin-mlops cv` run of "
+            "each; the model's own recipe first):",
+            "",
+            "| recipe (what differs from this model's) | folds | CV macro-F1 (mean ± std) "
+            "| OOF ECE after scaling | wall s | peak RSS MiB |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *[
+                f"| {r.differences or '**this model**'} | {r.folds} | {r.macro_f1_mean:.3f} ± "
+                f"{r.macro_f1_std:.3f} | {r.oof_ece_after:.3f} | {r.time_s:.0f} | "
+                f"{r.peak_rss_mb:.0f} |"
+                for r in data.recipes
+            ],
         ]
     lines += [
         "",

@@ -73,6 +73,14 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def peak_rss_children_mb() -> float:
+    """The peak resident memory of the largest child process that has ended, MiB (the
+    backbone's ONNX conversion runs in one)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+
+
 def quiet_libraries() -> None:
     """TensorFlow's C++ start-up lines and the libraries' INFO logs off."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -515,6 +515,7 @@ def train_and_track(
                 **{f"time_{k}_s": v for k, v in timings.items()},
                 **{f"peak_rss_mb_after_{k}": v for k, v in peaks.items()},
                 "peak_rss_mb": stages.peak_rss_mb(),
+                "peak_rss_mb_child_processes": stages.peak_rss_children_mb(),
             }
         )
 
