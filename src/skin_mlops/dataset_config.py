@@ -34,6 +34,9 @@ class DatasetConfig(BaseModel):
     labels: list[str] = Field(min_length=2)
     metadata_db: Path = Path("data/metadata/skin_metadata.db")
     storage: StorageSection = StorageSection()
+    # what a reviewer should know, copied into every model card trained on it
+    description: str = ""
+    known_flaws: list[str] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("labels")

@@ -66,6 +66,7 @@ def test_card_without_cv_says_so_then_includes_it(trained, tiny_backbone) -> Non
     assert f"MLflow run `{result.run_id}`" in text
     assert f"| val | {4 * len(dataset.labels)} | {metrics['val_accuracy']:.3f}" in text
     assert "No cross-validation run of this recipe" in text
+    assert "No known flaws are recorded in the dataset config" in text  # the test config
     assert "not a diagnosis" in text
     for image in ("confusion_matrix", "reliability_diagram", "skin_tones"):
         assert (root / "docs" / "model_card" / f"{image}.png").stat().st_size > 1000

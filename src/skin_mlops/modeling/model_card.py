@@ -98,6 +98,7 @@ class CardData:
     cv_metrics: dict[str, float] = field(default_factory=dict)
     oof: Predictions | None = None
     recipes: list[TriedRecipe] = field(default_factory=list)
+    dataset: dict[str, Any] = field(default_factory=dict)
 
 
 # --- reading it back ----------------------------------------------------------------------
@@ -229,6 +230,10 @@ def load_card_data(settings: Settings, version: str | None, folder: Path) -> Car
         plots=plots,
     )
     data.recipes = tried_recipes(client, run)
+    try:
+        data.dataset = _download_json(client, run.info.run_id, stages.DATASET_ARTIFACT, folder)
+    except (MlflowException, OSError):
+        data.dataset = {}  # trained before datasets carried a description
     cv_run = _matching_cv_run(client, run)
     if cv_run is not None:
         try:
@@ -421,6 +426,7 @@ def render(data: CardData, out: Path, settings: Settings) -> Path:
         "",
         "## Data and its known flaws",
         "",
+        *([str(data.dataset["description"]), ""] if data.dataset.get("description") else []),
         "| label | train | val |",
         "| --- | --- | --- |",
         *[
@@ -429,10 +435,10 @@ def render(data: CardData, out: Path, settings: Settings) -> Path:
             for label in labels
         ],
         "",
-        "- Source: DermNet NZ atlas photos (non-commercial licence). Many carry the DermNet "
-        "watermark, which a model can learn as a shortcut; labels are the atlas page a photo "
-        "sits on (page-level labels), not a per-photo diagnosis, and a page can show "
-        "several conditions.",
+        *(
+            [f"- {flaw}" for flaw in data.dataset.get("known_flaws", [])]
+            or ["- No known flaws are recorded in the dataset config (`known_flaws`)."]
+        ),
         f"- Val photos that were byte copies of training photos: "
         f"{int(m.get('val_leaked', 0))}; re-saved near-duplicates "
         f"(perceptual hash): {int(m.get('val_near_duplicates', 0))}; both left out of val.",

@@ -294,6 +294,7 @@ def check_cache_consistency(fresh: np.ndarray, cached_logits: np.ndarray) -> Non
 # --- what the model card reads back (skin_mlops.modeling.model_card) ---------------------
 
 SKIN_TONES_ARTIFACT = "data/skin_tones.json"
+DATASET_ARTIFACT = "data/dataset.json"
 VAL_PREDICTIONS_ARTIFACT = "evaluation/val_predictions.json"
 OOF_PREDICTIONS_ARTIFACT = "cv/oof_predictions.json"
 

@@ -267,6 +267,14 @@ def train_and_track(
             ),
         )
         mlflow.log_dict(val_set.as_dict(), VAL_SET_ARTIFACT)
+        mlflow.log_dict(
+            {
+                "dataset": config.dataset,
+                "description": config.description,
+                "known_flaws": config.known_flaws,
+            },
+            stages.DATASET_ARTIFACT,
+        )
         with timed(timings, "skin_tones", peaks):
             stages.log_skin_tones(train_records + val_records, train_refs + val_refs, settings)
 
