@@ -81,6 +81,9 @@ class BatchResult:
     batch_size: int
     model_ms: float
     ood_score: float | None = None
+    wait_s: float = 0.0  # queued until its model call started
+    run_s: float = 0.0  # the ONNX Runtime call itself (in the inference thread)
+    hop_s: float = 0.0  # handing the batch to the inference thread and back
 
 
 @dataclass
@@ -89,6 +92,7 @@ class _Job:
     pixels: np.ndarray
     future: asyncio.Future[BatchResult]
     request_id: str | None = None
+    queued_at: float = 0.0
 
 
 class Reservation:
@@ -207,7 +211,7 @@ class MicroBatcher:
             reservation.release()
             raise BatcherStoppedError("the server is not accepting predictions right now")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(model, pixels, future, current_request_id()))
+        self._pending.append(_Job(model, pixels, future, current_request_id(), time.perf_counter()))
         if reservation is not None:
             reservation.release()
         self._wakeup.set()
@@ -268,7 +272,10 @@ class MicroBatcher:
             stacked = np.stack([job.pixels for job in jobs]).astype(np.float32, copy=False)
             self.metrics.batch_size.observe(len(jobs))
             started = time.perf_counter()
-            logits, ood = await loop.run_in_executor(self._executor, model.outputs, stacked)
+            logits, ood, run_s = await loop.run_in_executor(
+                self._executor, _timed_outputs, model, stacked
+            )
+            returned = time.perf_counter()
             probabilities = model.probabilities(logits)
             model_ms = (time.perf_counter() - started) * 1000
             if probabilities.shape != (len(jobs), len(model.labels)):
@@ -279,9 +286,12 @@ class MicroBatcher:
             scores: list[float | None] = (
                 [float(v) for v in ood] if ood is not None else [None] * len(jobs)
             )
+            hop_s = max(0.0, returned - started - run_s)
             results = [
-                BatchResult(row, model, len(jobs), model_ms, score)
-                for row, score in zip(probabilities, scores, strict=True)
+                BatchResult(
+                    row, model, len(jobs), model_ms, score, started - job.queued_at, run_s, hop_s
+                )
+                for row, score, job in zip(probabilities, scores, jobs, strict=True)
             ]
         except Exception as exc:  # fails these requests, not the worker
             self._fail(jobs, exc)
@@ -314,3 +324,12 @@ class MicroBatcher:
             )
             error.__cause__ = exc
             job.future.set_exception(error)
+
+
+def _timed_outputs(
+    model: LoadedModel, batch: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """``model.outputs(batch)`` and the seconds it took, measured in the inference thread."""
+    started = time.perf_counter()
+    logits, ood = model.outputs(batch)
+    return logits, ood, time.perf_counter() - started

@@ -11,8 +11,10 @@ With a registry source and MLflow down, start-up does not wait for it: ``/ready`
 seconds while no model serves when polling is off) loads the model once MLflow answers.
 
 Errors are always JSON ``{"detail": "<one line>"}``; every response carries an
-``X-Request-ID``; an unexpected exception is logged with that id and its traceback and
-answered 500 with a generic body naming the id.
+``X-Request-ID`` and a ``Server-Timing`` header (each stage's milliseconds, see
+:mod:`skin_mlops.api.timing`; ``SERVER_TIMING=false`` leaves it out); an unexpected
+exception is logged with that id and its traceback and answered 500 with a generic body
+naming the id.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from skin_mlops import preprocessing
 from skin_mlops.api.batching import MicroBatcher
 from skin_mlops.api.metrics import ApiMetrics
 from skin_mlops.api.middleware import (
@@ -41,6 +44,7 @@ from skin_mlops.api.middleware import (
 from skin_mlops.api.model_runtime import ModelRuntime, make_source
 from skin_mlops.api.routes import admin, health, metrics, model, predict
 from skin_mlops.api.services import CLIENT_CLOSED_REQUEST, ClientDisconnectedError, Services
+from skin_mlops.api.timing import StageTimingMiddleware
 from skin_mlops.core.config import Settings, get_settings
 
 log = logging.getLogger("skin_mlops.api")
@@ -101,6 +105,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the prediction service for ``settings`` (default: :func:`get_settings`)."""
     settings = settings or get_settings()
+    preprocessing.set_jpeg_decoder(settings.jpeg_decoder)
     api_metrics = ApiMetrics()
     runtime = ModelRuntime(settings, make_source(settings), api_metrics)
     batcher = MicroBatcher(
@@ -144,4 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_body_limit(settings))
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=api_metrics, routes=lambda: app.router.routes)
+    # Outermost: its "read" starts when the request reaches the app, "app" ends at the
+    # response's start (Server-Timing, api_stage_seconds).
+    app.add_middleware(StageTimingMiddleware, metrics=api_metrics, header=settings.server_timing)
     return app

@@ -15,6 +15,9 @@ name                               type       labels
 ``api_model_info``                 gauge = 1  ``version``, ``backbone`` (the served model)
 ``api_model_reloads_total``        counter    ``result`` (``success`` / ``refused``)
 ``api_model_reload_failing``       gauge      - (1 while the newest candidate is refused)
+``api_stage_seconds``              histogram  ``stage``: a stage of a prediction request
+                                              (:data:`skin_mlops.api.timing.STAGES`,
+                                              ``app``, ``send``)
 ``api_images_dropped_total``       counter    ``reason``: ``queue_full``, ``client_gone``,
                                               ``batch_failed``, ``out_of_memory``,
                                               ``shutdown`` (images given no prediction)
@@ -38,6 +41,24 @@ UNMATCHED_ENDPOINT = "unmatched"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 
 
 def method_label(method: str) -> str:
@@ -63,6 +84,14 @@ class ApiMetrics:
             "Time from the request's arrival to the end of its response.",
             ["endpoint", "method"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "api_stage_seconds",
+            "Seconds per stage of a prediction request (read, parse, decode, model, json, "
+            "...; see skin_mlops.api.timing), for requests that ran the model.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.in_progress = Gauge(

@@ -44,6 +44,7 @@ from skin_mlops.api.batching import (
 from skin_mlops.api.metrics import ApiMetrics
 from skin_mlops.api.model_runtime import LoadedModel, ModelRuntime, retry_after_s
 from skin_mlops.api.schemas import LabelProbability, Prediction
+from skin_mlops.api.timing import StageTimes, current_stage_times
 from skin_mlops.core.config import Settings
 
 log = logging.getLogger("skin_mlops.api")
@@ -139,10 +140,17 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
-def _preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Bytes -> model input, with every decoder failure mapped to an HTTP status."""
+def _preprocess(
+    data: bytes, size: int, max_pixels: int, timings: dict[str, float] | None = None
+) -> np.ndarray:
+    """Bytes -> model input, with every decoder failure mapped to an HTTP status.
+
+    ``timings`` (a dict, filled in this thread) gets each preprocessing step's seconds and
+    ``_work`` (the whole call), from which the caller derives the pool's wait.
+    """
+    started = time.perf_counter()
     try:
-        return preprocessing.preprocess_bytes(data, size, max_pixels=max_pixels)
+        return preprocessing.preprocess_bytes(data, size, max_pixels=max_pixels, timings=timings)
     except preprocessing.ImageError as exc:
         for error_type, status in _IMAGE_ERROR_STATUS:
             if isinstance(exc, error_type):
@@ -155,6 +163,9 @@ def _preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
             "image rejected by an unexpected decoder error: %s: %s", type(exc).__name__, exc
         )
         raise HTTPException(422, "the image could not be decoded") from None
+    finally:
+        if timings is not None:
+            timings["_work"] = time.perf_counter() - started
 
 
 OUT_OF_DISTRIBUTION_WARNING = (
@@ -216,9 +227,21 @@ def build_prediction(
     )
 
 
+def _record_preprocess(times: StageTimes, steps: dict[str, float], round_trip_s: float) -> None:
+    """The preprocessing steps of one image, and the pool's wait around them."""
+    work = steps.pop("_work", round_trip_s)
+    times.add_all(steps)
+    times.add("pool_wait", max(0.0, round_trip_s - work))
+
+
 async def predict_bytes(services: Services, data: bytes, top_k: int) -> Prediction:
-    """Preprocess ``data`` off the event loop, run it through the batcher, build the answer."""
+    """Preprocess ``data`` off the event loop, run it through the batcher, build the answer.
+
+    Each stage's seconds go to the request's :class:`~skin_mlops.api.timing.StageTimes`
+    (``Server-Timing``, ``api_stage_seconds``).
+    """
     model = require_model(services)
+    times = current_stage_times()
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     try:
@@ -226,10 +249,17 @@ async def predict_bytes(services: Services, data: bytes, top_k: int) -> Predicti
     except (BatcherStoppedError, BatcherOverloadedError) as exc:
         raise unavailable(str(exc)) from None
     with reservation:
-        pixels = await loop.run_in_executor(
-            services.preprocess_pool,
-            partial(_preprocess, data, model.image_size, services.settings.max_image_pixels),
-        )
+        steps: dict[str, float] | None = {} if times is not None else None
+        try:
+            pixels = await loop.run_in_executor(
+                services.preprocess_pool,
+                partial(
+                    _preprocess, data, model.image_size, services.settings.max_image_pixels, steps
+                ),
+            )
+        finally:
+            if times is not None and steps is not None:
+                _record_preprocess(times, steps, time.perf_counter() - started)
         try:
             result = await services.batcher.submit(model, pixels, reservation)
         except (BatcherStoppedError, BatcherOverloadedError) as exc:
@@ -238,8 +268,9 @@ async def predict_bytes(services: Services, data: bytes, top_k: int) -> Predicti
             if exc.out_of_memory:
                 raise unavailable(str(exc)) from None
             raise  # a bug: 500 with the request id (RequestIdMiddleware)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    return build_prediction(
+    answered = time.perf_counter()
+    elapsed_ms = (answered - started) * 1000
+    prediction = build_prediction(
         services,
         result.model,
         result.probabilities,
@@ -248,3 +279,11 @@ async def predict_bytes(services: Services, data: bytes, top_k: int) -> Predicti
         result.batch_size,
         result.ood_score,
     )
+    if times is not None:
+        times.add("batch_wait", result.wait_s)
+        times.add("model", result.run_s)
+        times.add("model_hop", result.hop_s)
+        # softmax ran in the batch (its share is the call's time beyond run + hop)
+        softmax_s = max(0.0, result.model_ms / 1000 - result.run_s - result.hop_s)
+        times.add("postprocess", softmax_s + time.perf_counter() - answered)
+    return prediction

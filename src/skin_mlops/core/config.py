@@ -80,10 +80,11 @@ class Settings(BaseSettings):
     api_base_url: str = "http://localhost:8000"
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
-    # 4: on this 2-core CPU ONNX Runtime's cost per image is flat from batch 1 to 32
-    # (Lite0 288 px: ~9 ms), so bigger batches buy no throughput, only memory: peak RSS at
-    # 32 clients 232 / 311 / ~395 MiB with batches of 2 / 4 / 8. Raise it on a GPU.
-    max_batch_size: int = Field(default=4, ge=1, le=256)
+    # 1 (no micro-batching): on 2 compute-bound CPU cores a batch of 4 costs more per image
+    # than 4 single calls (116 ms vs 4 x 15.7 ms, benchmarks/serve_stages.py), so batching
+    # lost throughput at 32 clients (-21 % and -30 % in two runs) and held more memory
+    # (+75 MiB). Raise it where a batch is cheaper per image: a GPU, or many cores.
+    max_batch_size: int = Field(default=1, ge=1, le=256)
     max_batch_wait_ms: float = Field(default=5.0, ge=0)
     model_poll_seconds: float = Field(default=5.0, ge=0)
     # Images admitted at once (being decoded or waiting for the model); past it /predict
@@ -99,6 +100,12 @@ class Settings(BaseSettings):
     # ONNX Runtime's CPU memory arena: holds the largest batch's activations for good
     # (+~60 MiB at MAX_BATCH_SIZE 8, Lite0 288 px) for no latency gain measured here.
     ort_memory_arena: bool = False
+    # Server-Timing header on every answer (each stage's ms: read, parse, decode, model,
+    # json...; see skin_mlops.api.timing). The api_stage_seconds histogram is always on.
+    server_timing: bool = True
+    # Who decodes a colour JPEG: libjpeg-turbo via simplejpeg (identical pixels, faster)
+    # or Pillow; for every caller of skin_mlops.preprocessing in the API process.
+    jpeg_decoder: Literal["simplejpeg", "pillow"] = "simplejpeg"
     model_cache_dir: Path = Path(".cache/models")
 
     # --- web app (Streamlit; talks to the API over HTTP only) ------------------------

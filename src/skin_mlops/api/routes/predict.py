@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import Response
 
 from skin_mlops.api.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
 from skin_mlops.api.services import (
@@ -14,6 +16,7 @@ from skin_mlops.api.services import (
     read_upload,
     until_disconnected,
 )
+from skin_mlops.api.timing import current_stage_times
 
 router = APIRouter(tags=["prediction"])
 
@@ -39,10 +42,24 @@ async def predict(
     file: Annotated[UploadFile, File(description="one JPEG or PNG photo")],
     services: ServicesDep,
     top_k: TopK = 3,
-) -> Prediction:
+) -> Response:
     """Classify one photo: the top label, its calibrated confidence and the top-k ranking."""
     data = await read_upload(file, services.settings.max_upload_bytes)
-    return await until_disconnected(request, predict_bytes(services, data, top_k))
+    times = current_stage_times()
+    if times is not None:
+        times.since_body("parse")
+    prediction = await until_disconnected(request, predict_bytes(services, data, top_k))
+    return json_response(prediction)
+
+
+def json_response(body: Prediction | BatchPrediction) -> Response:
+    """``body`` as JSON (pydantic's serialiser), timed as the ``json`` stage."""
+    started = time.perf_counter()
+    content = body.__pydantic_serializer__.to_json(body)
+    times = current_stage_times()
+    if times is not None:
+        times.add("json", time.perf_counter() - started)
+    return Response(content, media_type="application/json")
 
 
 @router.post("/predict/batch", response_model=BatchPrediction, responses=_ERRORS)
@@ -51,7 +68,7 @@ async def predict_batch(
     files: Annotated[list[UploadFile], File(description="several JPEG or PNG photos")],
     services: ServicesDep,
     top_k: TopK = 3,
-) -> BatchPrediction:
+) -> Response:
     """Classify several photos in one request; a bad file gets its own error, not the batch's."""
     limit = services.settings.max_batch_files
     if len(files) > limit:
@@ -81,6 +98,11 @@ async def predict_batch(
                 task.cancel()
             raise
 
+    times = current_stage_times()
+    if times is not None:
+        times.since_body("parse")
     items = await until_disconnected(request, every())
     succeeded = sum(item.prediction is not None for item in items)
-    return BatchPrediction(items=items, succeeded=succeeded, failed=len(items) - succeeded)
+    return json_response(
+        BatchPrediction(items=items, succeeded=succeeded, failed=len(items) - succeeded)
+    )
