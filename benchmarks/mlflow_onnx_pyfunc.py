@@ -48,9 +48,15 @@ class OnnxSkinClassifier(mlflow.pyfunc.PythonModel):
         batch = np.stack(
             [preprocess_bytes(base64.b64decode(text), size) for text in model_input["image"]]
         ).astype(np.float32)
-        (logits,) = self.session.run(None, {self.input_name: batch})
-        probabilities = softmax(logits, self.signature.temperature)
-        return pd.DataFrame(probabilities, columns=self.signature.labels)
+        # every output, as the API runs it (the logits and the guard's score: the same work)
+        names = [output.name for output in self.session.get_outputs()]
+        outputs = dict(zip(names, self.session.run(names, {self.input_name: batch}), strict=True))
+        probabilities = softmax(outputs[self.signature.output.name], self.signature.temperature)
+        frame = pd.DataFrame(probabilities, columns=self.signature.labels)
+        if self.signature.ood is not None:
+            score = outputs[self.signature.ood.output.name]
+            frame["in_distribution"] = score <= self.signature.ood.threshold
+        return frame
 
 
 def log_pyfunc(export: Path, tracking_uri: str, artifact_root: Path) -> str:
