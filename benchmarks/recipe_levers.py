@@ -58,7 +58,7 @@ def cv_runs(work: Path) -> list[dict]:
     out = []
     for run in runs:
         children = client.search_runs(
-            [experiment.experiment_id], f"tags.mlflowParentRunId = '{run.info.run_id}'"
+            [experiment.experiment_id], f"tags.\"mlflow.parentRunId\" = '{run.info.run_id}'"
         )
         folds = {int(c.data.params["fold"]): c.data.metrics["val_macro_f1"] for c in children}
         out.append(
@@ -125,6 +125,9 @@ def main(
         list[str] | None, typer.Option(help=f"Levers to run (default: all of {list(LEVERS)}).")
     ] = None,
     folds: Annotated[int, typer.Option(min=2, max=20, help="CV folds.")] = 5,
+    refresh_only: Annotated[
+        bool, typer.Option(help="Rebuild the table from the stored runs; run only new levers.")
+    ] = False,
 ) -> None:
     """Run ``skin-mlops cv`` once per lever and print the table."""
     if not SHARED.is_dir():
@@ -141,7 +144,11 @@ def main(
     results_path = OUT / "recipe_levers.json"
     previous = json.loads(results_path.read_text()) if results_path.is_file() else []
     rows = {r["lever"]: r for r in previous}
-    for name in names:
+    stored = {run["run_id"]: run for run in cv_runs(WORK)}
+    for r in rows.values():  # per-fold scores re-read from the store (earlier runs' rows)
+        if r["run_id"] in stored:
+            r["fold_macro_f1"] = stored[r["run_id"]]["fold_macro_f1"]
+    for name in [n for n in names if not (refresh_only and n in rows)]:
         console.rule(f"lever {name}")
         started = time.perf_counter()
         cli(WORK, "cv", "--config", str(config), "--folds", str(folds), *LEVERS[name])
