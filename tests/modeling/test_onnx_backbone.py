@@ -198,3 +198,28 @@ def test_training_s_conversion_runs_in_a_child_process_once(tmp_path: Path, monk
         )
         is None
     )
+
+
+def test_finding_the_cached_file_does_not_load_tensorflow(tmp_path: Path) -> None:
+    """The parent works out where the backbone's ONNX file goes and starts the converting
+    child (stubbed here) without importing TensorFlow itself: that is the memory saved."""
+    import subprocess
+    import sys
+
+    script = f"""
+import subprocess, sys
+from pathlib import Path
+from skin_mlops.core.config import load_settings
+from skin_mlops.modeling import onnx_backbone
+from skin_mlops.modeling.options import TrainingOptions
+settings = load_settings(weights_cache_dir=Path({str(tmp_path)!r}), _env_file=None)
+started = []
+def no_real_child(args, **kwargs):  # the child would import TensorFlow: not here
+    started.append(args)
+    return subprocess.CompletedProcess(args, 1)
+subprocess.run = no_real_child
+assert onnx_backbone.convert_in_child_process(TrainingOptions(image_size=64), settings) is None
+assert len(started) == 1 and 'tensorflow' not in sys.modules, 'TensorFlow was imported'
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

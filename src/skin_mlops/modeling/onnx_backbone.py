@@ -47,11 +47,14 @@ ABSOLUTE_TOLERANCE = 1e-5
 
 
 def converter_version() -> str:
-    """tf2onnx and onnx versions (a different converter may write a different graph)."""
-    import onnx
-    import tf2onnx
+    """tf2onnx and onnx versions (a different converter may write a different graph).
 
-    return f"tf2onnx-{tf2onnx.__version__}+onnx-{onnx.__version__}"
+    Read from the installed distributions' metadata: importing ``tf2onnx`` imports
+    TensorFlow, which :func:`convert_in_child_process` must not do in the parent.
+    """
+    from importlib.metadata import version
+
+    return f"tf2onnx-{version('tf2onnx')}+onnx-{version('onnx')}"
 
 
 def backbone_onnx_path(space_key: str, cache_dir: Path) -> Path:
