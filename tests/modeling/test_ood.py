@@ -60,7 +60,7 @@ def test_the_chunked_fit_on_some_rows_equals_the_fit_on_their_copy(monkeypatch) 
     labels = rng.integers(0, CLASSES, 60)
     rows = np.sort(rng.choice(60, 41, replace=False))
     whole = ood.fit_mahalanobis(features[rows], labels[rows], CLASSES)
-    monkeypatch.setattr(ood, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(ood, "CHUNK_SAMPLES", 7)  # 2 photos of 3 views per chunk
     chunked = ood.fit_mahalanobis(features, labels, CLASSES, rows=rows)
     np.testing.assert_allclose(chunked.projection, whole.projection, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(chunked.centres, whole.centres, rtol=1e-5, atol=1e-5)
