@@ -15,7 +15,7 @@ the network is built for ``S`` (the port's static "same" padding depends on the 
 mid-level pooling), as float32.
 
 Needs only ``torch``, ``numpy`` and ``efficientnet_lite_pytorch`` (``.ci/run`` makes that
-environment with pip: ``pip install torch==2.13.0 efficientnet_lite_pytorch==0.1.0``).
+environment with pip: ``pip install torch==2.13.0 efficientnet_lite_pytorch==0.1.0 numpy``).
 """
 
 from __future__ import annotations
