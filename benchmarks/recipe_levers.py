@@ -42,6 +42,8 @@ LEVERS: dict[str, list[str]] = {
     "lite2-heads3": ["--backbone", "efficientnet_lite2", "--heads", "3"],
     "views24": ["--views", "24"],
     "tta8": ["--tta-views", "8"],
+    "canonical": ["--orientation", "canonical"],
+    "canonical-heads3": ["--orientation", "canonical", "--heads", "3"],
 }
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -52,6 +54,8 @@ def cv_runs(work: Path) -> list[dict]:
 
     client = mlflow.MlflowClient(f"sqlite:///{work / 'data' / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("skin-classifier")
+    if experiment is None:  # a fresh work dir: no run logged yet
+        return []
     runs = client.search_runs(
         [experiment.experiment_id], "tags.stage = 'cv'", order_by=["start_time DESC"]
     )

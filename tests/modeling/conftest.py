@@ -35,15 +35,21 @@ COLOUR_LABELS = ("red_lesion", "green_lesion", "blue_lesion")
 TINY_IMAGE_SIZE = 32
 
 
-def make_tiny_backbone(seed: int = 0, image_size: int = TINY_IMAGE_SIZE):
-    """A small frozen-feature model: [N,S,S,3] in [0,255] -> 11 pooled features."""
+def make_tiny_backbone(
+    seed: int = 0, image_size: int = TINY_IMAGE_SIZE, *, canonical: bool = False
+):
+    """A small frozen-feature model: [N,S,S,3] in [0,255] -> 11 pooled features
+    (``canonical``: turned to the canonical orientation first, as ``--orientation canonical``
+    builds the real backbones)."""
     import keras
 
     from skin_mlops.modeling.backbones import Backbone
+    from skin_mlops.modeling.orientation import canonical_orientation_layer
 
     keras.utils.set_random_seed(seed)
     image = keras.Input((image_size, image_size, 3), name="image")
-    scaled = keras.layers.Rescaling(1 / 255.0, name="tiny_rescale")(image)
+    x = canonical_orientation_layer()(name="canonical_orientation")(image) if canonical else image
+    scaled = keras.layers.Rescaling(1 / 255.0, name="tiny_rescale")(x)
     conv = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="tiny_conv")(scaled)
     conv = keras.layers.Conv2D(8, 3, activation="relu", name="tiny_conv2")(conv)
     features = keras.layers.Concatenate(name="tiny_features")(

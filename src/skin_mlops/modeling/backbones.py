@@ -40,6 +40,11 @@ import numpy as np
 
 from skin_mlops.core.errors import ConfigError
 from skin_mlops.core.files import atomic_path
+from skin_mlops.modeling.orientation import (
+    Orientation,
+    canonical_orientation_layer,
+    check_orientation,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -232,8 +237,12 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _lite_graph(variant: LiteVariant, image_size: int) -> keras.Model:
-    """The full Lite graph of ``variant`` (with its ImageNet head), weights uninitialised."""
+def _lite_graph(
+    variant: LiteVariant, image_size: int, orientation: Orientation = "none"
+) -> keras.Model:
+    """The full Lite graph of ``variant`` (with its ImageNet head), weights uninitialised;
+    with ``orientation="canonical"`` its first layer turns each input to its canonical
+    orientation (:mod:`skin_mlops.modeling.orientation`; no weights)."""
     import keras
     from keras import layers
 
@@ -263,7 +272,10 @@ def _lite_graph(variant: LiteVariant, image_size: int) -> keras.Model:
         return x
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale_to_pm1")(inputs)
+    x = inputs
+    if orientation == "canonical":
+        x = canonical_orientation_layer()(name="canonical_orientation")(x)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale_to_pm1")(x)
     x = conv_bn_relu(x, LITE0_STEM_FILTERS, 3, 2, "stem", depthwise=False)
     for stage, (repeats, kernel, stride, expand, in_f, out_f) in enumerate(variant.blocks, 1):
         for rep in range(repeats):
@@ -381,6 +393,7 @@ def build_efficientnet_lite(
     weights_cache_dir: Path | None = None,
     include_top: bool = False,
     pooling: Pooling = "avg",
+    orientation: Orientation = "none",
 ) -> Backbone:
     """EfficientNet-Lite ``name`` with ImageNet weights (converted once, then read from cache).
 
@@ -395,11 +408,16 @@ def build_efficientnet_lite(
             ``"avg+mid"``: that + the global average of stage 6's output (Lite0: 192 ch,
             1472 features); ``"multi"``: that + stages 5 and 4 (Lite0: 112 + 80 ch, 1664
             features) - mid-level texture descriptors (best in benchmarks/quality_study).
+        orientation (str): ``"none"``, or ``"canonical"``: every input is first turned to
+            its canonical orientation, so the features (and every prediction) are exactly
+            invariant to quarter turns and mirror images
+            (:mod:`skin_mlops.modeling.orientation`).
     """
     import keras
     from keras import layers
 
     _check_image_size(image_size)
+    orientation = check_orientation(orientation)
     variant = _lite_variant(name)
     source = lite_source_weights(name)
     source_sha = sha256_file(source)
@@ -414,6 +432,9 @@ def build_efficientnet_lite(
     if not cached.is_file():
         convert_lite_weights(name, source, cached)
         model.load_weights(cached)
+    if orientation != "none":  # the same layers plus a weightless first one
+        plain, model = model, _lite_graph(variant, image_size, orientation)
+        model.set_weights(plain.get_weights())
     if include_top:
         if pooling != "avg":
             raise ConfigError("include_top=True uses the ImageNet head; pooling must be 'avg'")

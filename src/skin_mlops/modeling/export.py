@@ -180,14 +180,17 @@ def compose_model(
 
 def load_keras_model(path: Path, *, logits_only: bool = False) -> keras.Model:
     """Load an exported ``model.keras`` (its custom layers registered first: in-graph TTA,
-    the out-of-distribution guard). ``logits_only``: a model of the first output alone,
-    for tools that expect one output (MLflow's Keras flavour, a plain ``predict``)."""
+    the out-of-distribution guard, the canonical orientation). ``logits_only``: a model of
+    the first output alone, for tools that expect one output (MLflow's Keras flavour, a
+    plain ``predict``)."""
     import keras
 
     from skin_mlops.modeling import ood
+    from skin_mlops.modeling.orientation import canonical_orientation_layer
 
     _tta_layers()
     ood._layers()
+    canonical_orientation_layer()
     model = keras.saving.load_model(path, compile=False)
     if logits_only and len(model.outputs) > 1:
         return keras.Model(model.inputs, model.outputs[0], name="skin_classifier_logits")

@@ -157,6 +157,7 @@ def convert_in_child_process(options: TrainingOptions, settings: Settings) -> Pa
         "backbone": options.backbone,
         "image_size": options.image_size,
         "pooling": pooling,
+        "orientation": options.orientation,
         "weights_cache_dir": str(settings.weights_cache_dir),
         "backbone_options": options.backbone_options_key,
         "space_key": space.key,
@@ -175,11 +176,14 @@ def _child_main(request: dict[str, object]) -> int:
     from skin_mlops.modeling.features import FeatureSpace
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    orientation = str(request.get("orientation", "none"))
+    extra: dict[str, object] = {"orientation": orientation} if orientation != "none" else {}
     backbone = build_backbone(
         str(request["backbone"]),
         image_size=int(str(request["image_size"])),
         weights_cache_dir=Path(str(request["weights_cache_dir"])),
         pooling=str(request["pooling"]),
+        **extra,
     )
     key = FeatureSpace.of(backbone, str(request["backbone_options"])).key
     if key != request["space_key"]:  # the parent's Keras-free key is out of date

@@ -36,10 +36,30 @@ DEFAULT_SEED = 42
 DEFAULT_TTA_VIEWS = 1
 DEFAULT_HEADS = 1
 DEFAULT_POOLING = "multi"
+DEFAULT_ORIENTATION = "none"
 DEFAULT_FINE_TUNE_LAYERS = 0  # off by default; e.g. 8 = Lite0 block7a + top conv
 DEFAULT_FINE_TUNE_EPOCHS = 5
 DEFAULT_OOD_PASS_RATE = 0.95
 FINE_TUNE_LR_FACTOR = 0.1
+
+
+def backbone_build_options(
+    pooling: str = DEFAULT_POOLING, orientation: str = DEFAULT_ORIENTATION
+) -> tuple[tuple[str, str], ...]:
+    """The ``backbone_options`` of the ``--pooling`` and ``--orientation`` flags.
+
+    ``orientation`` appears only when it is not ``none``, so the feature-cache keys (and
+    params) of runs without it stay what they were.
+
+    Raises:
+        ConfigError: an unknown orientation.
+    """
+    from skin_mlops.modeling.orientation import check_orientation
+
+    options: tuple[tuple[str, str], ...] = (("pooling", pooling),)
+    if check_orientation(orientation) != "none":
+        options += (("orientation", orientation),)
+    return options
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,11 @@ class TrainingOptions:
                 raise ConfigError(message)
         from skin_mlops.modeling.backbones import BACKBONES  # numpy only, no Keras
 
+        if self.orientation == "canonical" and self.tta_views > 1:
+            raise ConfigError(
+                "--tta-views > 1 averages the dihedral transforms that --orientation "
+                "canonical already maps to one input: use one of them"
+            )
         if self.backbone not in BACKBONES:
             raise ConfigError(
                 f"unknown backbone {self.backbone!r} (choose one of {', '.join(BACKBONES)})"
@@ -116,6 +141,11 @@ class TrainingOptions:
     def fine_tune_learning_rate(self) -> float:
         """The fine-tuning stage's (lower) learning rate."""
         return self.learning_rate * FINE_TUNE_LR_FACTOR
+
+    @property
+    def orientation(self) -> str:
+        """The backbone's orientation mode (``none`` unless the options say otherwise)."""
+        return dict(self.backbone_options).get("orientation", DEFAULT_ORIENTATION)
 
     @property
     def backbone_options_key(self) -> str:

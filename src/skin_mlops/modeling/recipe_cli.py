@@ -33,6 +33,14 @@ PoolingOption = Annotated[
         "(+ stages 6/5/4; Lite backbones)."
     ),
 ]
+OrientationOption = Annotated[
+    str,
+    typer.Option(
+        help="none, or canonical: the backbone first turns each photo to one canonical "
+        "orientation, so quarter turns and mirror images cannot change a prediction "
+        "(Lite backbones)."
+    ),
+]
 HeadsOption = Annotated[
     int, typer.Option(help="Heads trained with different seeds, averaged in the model.")
 ]

@@ -25,11 +25,13 @@ from skin_mlops.modeling.options import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_LEARNING_RATE,
     DEFAULT_OOD_PASS_RATE,
+    DEFAULT_ORIENTATION,
     DEFAULT_POOLING,
     DEFAULT_SEED,
     DEFAULT_TTA_VIEWS,
     DEFAULT_VIEWS,
     TrainingOptions,
+    backbone_build_options,
 )
 from skin_mlops.modeling.recipe_cli import (
     BackboneOption,
@@ -39,6 +41,7 @@ from skin_mlops.modeling.recipe_cli import (
     ImageSizeOption,
     LearningRateOption,
     OodPassRateOption,
+    OrientationOption,
     PoolingOption,
     SeedOption,
     TtaViewsOption,
@@ -87,6 +90,7 @@ def train_command(
     image_size: ImageSizeOption = DEFAULT_IMAGE_SIZE,
     views: ViewsOption = DEFAULT_VIEWS,
     pooling: PoolingOption = DEFAULT_POOLING,
+    orientation: OrientationOption = DEFAULT_ORIENTATION,
     heads: HeadsOption = DEFAULT_HEADS,
     tta_views: TtaViewsOption = DEFAULT_TTA_VIEWS,
     fine_tune_layers: Annotated[
@@ -128,7 +132,7 @@ def train_command(
         batch_size=batch_size,
         learning_rate=learning_rate,
         backbone=backbone,
-        backbone_options=(("pooling", pooling),),
+        backbone_options=backbone_build_options(pooling, orientation),
         image_size=image_size,
         views=views,
         heads=heads,
