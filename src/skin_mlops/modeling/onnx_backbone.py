@@ -176,14 +176,12 @@ def _child_main(request: dict[str, object]) -> int:
     from skin_mlops.modeling.features import FeatureSpace
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    orientation = str(request.get("orientation", "none"))
-    extra: dict[str, object] = {"orientation": orientation} if orientation != "none" else {}
-    backbone = build_backbone(
+    backbone = build_backbone(  # a Lite backbone (the only ones converted here)
         str(request["backbone"]),
         image_size=int(str(request["image_size"])),
         weights_cache_dir=Path(str(request["weights_cache_dir"])),
         pooling=str(request["pooling"]),
-        **extra,
+        orientation=str(request.get("orientation", "none")),
     )
     key = FeatureSpace.of(backbone, str(request["backbone_options"])).key
     if key != request["space_key"]:  # the parent's Keras-free key is out of date
