@@ -176,3 +176,26 @@ def test_label_folder_helpers_when_everything_matches(tmp_path: Path) -> None:
         (tmp_path / "val" / label).mkdir(parents=True)
     assert config.unknown_label_folders("val") == []
     assert config.missing_label_folders("val") == []
+
+
+def test_accepted_near_duplicates_need_two_photos_and_a_reason(tmp_path: Path) -> None:
+    root = tmp_path.as_posix()
+    accepted = (
+        "accepted_near_duplicates:\n"
+        "  - photos: [train/cat/a.jpg, val/cat/b.jpg]\n"
+        "    reason: the same picture saved twice\n"
+    )
+    config = load_dataset_config(write_config(tmp_path, VALID_YAML.format(root=root) + accepted))
+    assert config.accepted_near_duplicates[0].photos == ("train/cat/a.jpg", "val/cat/b.jpg")
+    no_reason = "accepted_near_duplicates:\n  - photos: [train/cat/a.jpg, val/cat/b.jpg]\n"
+    with pytest.raises(ConfigError, match="reason"):
+        load_dataset_config(write_config(tmp_path, VALID_YAML.format(root=root) + no_reason))
+    one_photo = "accepted_near_duplicates:\n  - {photos: [a.jpg], reason: x}\n"
+    with pytest.raises(ConfigError, match="photos"):
+        load_dataset_config(write_config(tmp_path, VALID_YAML.format(root=root) + one_photo))
+
+
+def test_the_shipped_config_lists_dermnet5_s_two_reviewed_pairs() -> None:
+    pairs = load_dataset_config(DEFAULT_CONFIG).accepted_near_duplicates
+    assert len(pairs) == 2
+    assert all(p.photos[0].startswith("train/") and p.photos[1].startswith("val/") for p in pairs)

@@ -24,6 +24,20 @@ class StorageSection(BaseModel):
     prefix: str = "skin"
 
 
+class AcceptedDuplicate(BaseModel):
+    """Two photos of different splits known to be the same picture, reviewed and kept.
+
+    The data suite (``tests/data``) fails on any cross-split near-duplicate that is not
+    listed here, and on a listed pair it no longer finds; training leaves the val photo
+    of every such pair out of val (``val_near_duplicates``) whether listed or not.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    photos: tuple[str, str]  # ``split/label/file``, as the data suite names them
+    reason: str = Field(min_length=1)
+
+
 class DatasetConfig(BaseModel):
     """A validated dataset config."""
 
@@ -37,6 +51,7 @@ class DatasetConfig(BaseModel):
     # what a reviewer should know, copied into every model card trained on it
     description: str = ""
     known_flaws: list[str] = Field(default_factory=list)
+    accepted_near_duplicates: list[AcceptedDuplicate] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("labels")
