@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skin_mlops.modeling.backbones import LITE_VARIANTS, build_backbone, lite_source_weights
+from skin_mlops.modeling.backbones import build_backbone
+from skin_mlops.modeling.lite import LITE_VARIANTS, lite_source_weights
 from skin_mlops.preprocessing import to_model_input
 
 pytestmark = pytest.mark.slow

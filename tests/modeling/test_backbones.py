@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from skin_mlops.core.errors import ConfigError
-from skin_mlops.modeling import backbones
+from skin_mlops.modeling import backbones, lite
 from skin_mlops.modeling.backbones import BACKBONES, Backbone, build_backbone, unfreeze_top_layers
 from skin_mlops.preprocessing import to_model_input
 
@@ -66,27 +66,27 @@ def test_bigger_lite_ports_recognise_a_cat_and_an_espresso(name: str, weights_di
         f"{name}-{top.weights_sha256[:16]}.weights.h5"
     ]
     multi = build_backbone(name, image_size=288, pooling="multi", weights_cache_dir=weights_dir)
-    blocks = backbones.LITE_VARIANTS[name].blocks
+    blocks = lite.LITE_VARIANTS[name].blocks
     assert multi.feature_dim == 1280 + blocks[5][5] + blocks[4][5] + blocks[3][5]
 
 
 def test_lite_block_tables_follow_the_tf_builder() -> None:
     """Width rounds channels to multiples of 8; depth deepens all but the first and last stage."""
-    assert backbones.scale_lite_blocks(1.0, 1.0) == backbones.LITE0_BLOCKS
-    lite2 = backbones.LITE_VARIANTS["efficientnet_lite2"].blocks
+    assert lite.scale_lite_blocks(1.0, 1.0) == lite.LITE0_BLOCKS
+    lite2 = lite.LITE_VARIANTS["efficientnet_lite2"].blocks
     assert [b[0] for b in lite2] == [1, 3, 3, 4, 4, 5, 1]
     assert [b[5] for b in lite2] == [16, 24, 48, 88, 120, 208, 352]
     assert lite2[0][4] == 32  # the fixed stem feeds stage 1
-    lite1 = backbones.LITE_VARIANTS["efficientnet_lite1"].blocks
+    lite1 = lite.LITE_VARIANTS["efficientnet_lite1"].blocks
     assert [b[0] for b in lite1] == [1, 3, 3, 4, 4, 5, 1]
-    assert [b[5] for b in lite1] == [b[5] for b in backbones.LITE0_BLOCKS]
-    assert backbones.pooled_layer_names("efficientnet_lite2", "multi") == (
+    assert [b[5] for b in lite1] == [b[5] for b in lite.LITE0_BLOCKS]
+    assert lite.pooled_layer_names("efficientnet_lite2", "multi") == (
         "block6e_add",
         "block5d_add",
         "block4d_add",
     )
-    assert backbones.round_filters(112, 1.1) == 120  # 123.2 -> 120 (within 10 %)
-    assert backbones.round_filters(16, 1.1) == 16
+    assert lite.round_filters(112, 1.1) == 120  # 123.2 -> 120 (within 10 %)
+    assert lite.round_filters(16, 1.1) == 16
 
 
 def test_conversion_is_cached_by_source_hash(lite0_top: Backbone, weights_dir: Path) -> None:
@@ -94,8 +94,8 @@ def test_conversion_is_cached_by_source_hash(lite0_top: Backbone, weights_dir: P
     assert [p.name for p in cached] == [
         f"efficientnet_lite0-{lite0_top.weights_sha256[:16]}.weights.h5"
     ]
-    source = backbones.lite_source_weights()
-    assert lite0_top.weights_sha256 == backbones.sha256_file(source)
+    source = lite.lite_source_weights()
+    assert lite0_top.weights_sha256 == lite.sha256_file(source)
     mtime = cached[0].stat().st_mtime_ns
     again = build_backbone(weights_cache_dir=weights_dir)
     assert cached[0].stat().st_mtime_ns == mtime  # reused, not reconverted
@@ -142,7 +142,7 @@ def test_explicit_padding_equals_tensorflow_same(weights_dir: Path) -> None:
             x = rng.normal(size=(1, size, size, 4)).astype("float32")
             same = keras.layers.DepthwiseConv2D(kernel, 2, padding="same", use_bias=False)
             valid = keras.layers.DepthwiseConv2D(kernel, 2, padding="valid", use_bias=False)
-            pad = backbones._same_padding(size, kernel, 2)
+            pad = lite._same_padding(size, kernel, 2)
             ref = np.asarray(same(x))
             valid.build((1, size + sum(pad), size + sum(pad), 4))
             valid.set_weights(same.get_weights())

@@ -161,7 +161,8 @@ def test_a_damaged_cached_file_is_converted_again(tmp_path: Path, tiny_backbone)
     ("name", "pooling"), [("efficientnet_lite0", "multi"), ("efficientnet_lite2", "avg+mid")]
 )
 def test_the_keras_free_feature_space_is_the_built_backbone_s(name: str, pooling: str) -> None:
-    from skin_mlops.modeling.backbones import build_backbone, lite_space_without_keras
+    from skin_mlops.modeling.backbones import build_backbone
+    from skin_mlops.modeling.lite import lite_space_without_keras
 
     built = build_backbone(name, image_size=64, pooling=pooling)
     assert lite_space_without_keras(name, pooling) == (built.weights_sha256, built.feature_dim)

@@ -123,7 +123,7 @@ def convert_in_child_process(options: TrainingOptions, settings: Settings) -> Pa
     exits and returns its memory; training finds the file in the cache.
 
     Only for the EfficientNet-Lite backbones (their feature space is known without Keras,
-    :func:`~skin_mlops.modeling.backbones.lite_space_without_keras`) and only when the
+    :func:`~skin_mlops.modeling.lite.lite_space_without_keras`) and only when the
     file is missing; otherwise, or if the child fails, nothing happens here and
     :func:`ensure_backbone_onnx` converts in the process as before.
 
@@ -135,8 +135,8 @@ def convert_in_child_process(options: TrainingOptions, settings: Settings) -> Pa
     import sys
 
     from skin_mlops import preprocessing
-    from skin_mlops.modeling.backbones import LITE_VARIANTS, lite_space_without_keras
     from skin_mlops.modeling.features import FeatureSpace
+    from skin_mlops.modeling.lite import LITE_VARIANTS, lite_space_without_keras
 
     pooling = dict(options.backbone_options).get("pooling", "avg")
     if options.backbone not in LITE_VARIANTS or options.fine_tune_layers:
