@@ -11,7 +11,7 @@ import pytest
 
 from skin_mlops.core.errors import ConfigError
 from skin_mlops.ingestion.run import run_ingestion
-from skin_mlops.modeling import model_card, stages
+from skin_mlops.modeling import model_card, model_card_data, stages
 from skin_mlops.modeling.cross_validate import cross_validate
 from skin_mlops.modeling.options import TrainingOptions
 from skin_mlops.modeling.train import run_training
@@ -51,7 +51,7 @@ def test_training_logs_what_the_card_reads(trained) -> None:
     assert len(tones["photos"]) == 12 * len(dataset.labels)  # train + val
     assert {p["split"] for p in tones["photos"]} == {"train", "val"}
     # the logged logits, calibrated by the logged temperature, give the logged val metrics
-    card = model_card.Predictions.from_artifact(predictions, dataset.labels)
+    card = model_card_data.Predictions.from_artifact(predictions, dataset.labels)
     metrics = client.get_run(result.run_id).data.metrics
     assert model_card.accuracy(card.y, card.predicted) == pytest.approx(metrics["val_accuracy"])
     assert card.temperature == pytest.approx(metrics["temperature"])
@@ -126,7 +126,7 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_photos() -> N
 
 def test_group_metrics_only_where_a_group_has_enough_photos() -> None:
     n = 40
-    predictions = model_card.Predictions(
+    predictions = model_card_data.Predictions(
         [f"s{i}" for i in range(n + 5)],
         np.zeros(n + 5, np.int64),
         np.tile([0.9, 0.1], (n + 5, 1)),
