@@ -45,7 +45,11 @@ from skin_mlops.modeling.lite import (
     pooled_layer_names,
     sha256_file,
 )
-from skin_mlops.modeling.orientation import Orientation, check_orientation
+from skin_mlops.modeling.orientation import (
+    Orientation,
+    canonical_orientation_layer,
+    check_orientation,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -220,6 +224,7 @@ def build_efficientnet_b0(
     include_top: bool = False,
     weights_path: Path | None = None,
     pooling: Pooling = "avg",
+    orientation: Orientation = "none",
 ) -> Backbone:
     """``keras.applications.EfficientNetB0`` without top, average-pooled (1280 features).
 
@@ -241,10 +246,15 @@ def build_efficientnet_b0(
             f"no EfficientNet-B0 weights: put Keras' {B0_NOTOP_FILE} in {cache_dir} "
             "(or pass a weights file); the internet is not reachable to download it"
         )
+    turned = None  # with orientation="canonical", Keras' graph starts after the turn
+    if check_orientation(orientation) == "canonical":
+        image = keras.Input((image_size, image_size, 3), name="image")
+        turned = canonical_orientation_layer()(name="canonical_orientation")(image)
     model = keras.applications.EfficientNetB0(
         include_top=False,
         weights=str(local) if local is not None else "imagenet",
         input_shape=(image_size, image_size, 3),
+        input_tensor=turned,
         pooling="avg",
     )
     if local is None:  # downloaded by Keras into its cache; hash that file

@@ -68,7 +68,9 @@ def training_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
     overrides = {key: value for key, value in params.items() if value is not None}
     if overrides.get("backbone") == "efficientnet_b0":
         # Keras' EfficientNetB0 has one pooling (the recipe's default pools Lite0 blocks).
-        overrides["backbone_options"] = (("pooling", "avg"),)
+        from skin_mlops.modeling.options import DEFAULT_ORIENTATION, backbone_build_options
+
+        overrides["backbone_options"] = backbone_build_options("avg", DEFAULT_ORIENTATION)
     return overrides
 
 
