@@ -6,8 +6,8 @@ Usage (from the repo root)::
 
 Both graphs are the real EfficientNet-Lite0 (ImageNet weights, ``multi`` pooling, the
 default recipe's backbone), converted to ONNX exactly as training converts them
-(``onnx_backbone.ensure_backbone_onnx``, cached under ``benchmarks/out/orientation-
-cost``), run on ONNX Runtime with the API's session settings (2 intra-op threads). The
+(``onnx_backbone.ensure_backbone_onnx``, cached under ``benchmarks/out/orientation-cost``),
+run on ONNX Runtime with the API's session settings (2 intra-op threads). The
 baseline is the same backbone without the layer: same inputs (dermnet5 val photos
 through the one preprocessing when present, else seeded noise), same session options,
 rounds interleaved so that drift on a shared machine hits both alike. Prints the median
