@@ -43,6 +43,7 @@ LEVERS: dict[str, list[str]] = {
     "views24": ["--views", "24"],
     "tta8": ["--tta-views", "8"],
     "canonical": ["--orientation", "canonical"],
+    "dihedral": ["--dihedral-views"],
     "canonical-heads3": ["--orientation", "canonical", "--heads", "3"],
 }
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -50,10 +50,12 @@ from skin_mlops.modeling.data import (
     label_indices,
     load_records,
 )
+from skin_mlops.modeling.features import DIHEDRAL_VIEWS
 from skin_mlops.modeling.heads import make_progress, train_heads
 from skin_mlops.modeling.options import (
     DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DIHEDRAL_VIEWS,
     DEFAULT_EPOCHS,
     DEFAULT_HEADS,
     DEFAULT_IMAGE_SIZE,
@@ -70,6 +72,7 @@ from skin_mlops.modeling.options import (
 from skin_mlops.modeling.recipe_cli import (
     BackboneOption,
     BatchSizeOption,
+    DihedralViewsOption,
     EpochsOption,
     HeadsOption,
     ImageSizeOption,
@@ -226,6 +229,7 @@ def cross_validate(
     progress = make_progress(console, show_progress)
     results: list[FoldResult] = []
     heldout_logits = np.zeros((len(rows), len(labels)), np.float32)
+    heldout_top1 = np.zeros((len(rows), DIHEDRAL_VIEWS), np.int64)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"cv {folds}-fold") as parent:
         mlflow.set_tags({"stage": "cv", "dataset": config.dataset})
         tracking.log_params(
@@ -244,8 +248,16 @@ def cross_validate(
         )
         with progress:
             features = stages.frozen_features(
-                backbone, refs, refs, options, settings, progress, timings
+                backbone,
+                refs,
+                refs,
+                options,
+                settings,
+                progress,
+                timings,
+                evaluation_dihedral_views=DIHEDRAL_VIEWS,
             )
+            tta = options.tta_views
             for k, (fit_rows, held_rows) in enumerate(splits, start=1):
                 with (
                     stages.timed(timings, "folds"),
@@ -263,9 +275,14 @@ def cross_validate(
                         options,
                         progress,
                     )
-                    logits = stages.ensemble_logits(heads, features.evaluation[held_rows])
+                    held = features.evaluation[held_rows]
+                    logits = stages.ensemble_logits(heads, held[:, :tta])
                     heldout_logits[held_rows] = logits
-                    metrics = evaluate.evaluate_logits(logits, y[held_rows], labels).as_metrics()
+                    heldout_top1[held_rows] = stages.dihedral_top1(heads, held, tta)
+                    metrics = {
+                        **evaluate.evaluate_logits(logits, y[held_rows], labels).as_metrics(),
+                        **stages.dihedral_agreement(heldout_top1[held_rows], prefix="val_"),
+                    }
                     mlflow.set_tags({"stage": "cv-fold", "fold": str(k)})
                     mlflow.log_params(
                         {"fold": k, "n_train": len(fit_rows), "n_heldout": len(held_rows)}
@@ -282,6 +299,7 @@ def cross_validate(
         summary = summarise(results, labels)
         pooled = evaluate.evaluate_logits(heldout_logits, y, labels)
         summary.update(pooled.as_metrics(prefix="oof_"))
+        summary.update(stages.dihedral_agreement(heldout_top1, prefix="oof_"))
         summary.pop("temperature", None)
         summary["oof_temperature"] = pooled.temperature
         timings["total"] = round(time.perf_counter() - started, 3)
@@ -351,6 +369,10 @@ def _print_summary(result: CrossValidationResult, console: Console) -> None:
         f"macro-F1 {s['oof_macro_f1']:.4f}, ECE {s['oof_ece_before_scaling']:.4f} -> "
         f"{s['oof_ece_after_scaling']:.4f}",
     )
+    table.add_row(
+        "out-of-fold, top-1 kept by a turn or mirror",
+        f"worst of 7 transforms {100 * s['oof_dihedral_agreement_min']:.1f} %",
+    )
     table.add_row("time (s)", f"{result.timings.get('total', 0):.1f}")
     console.print(table)
 
@@ -364,6 +386,7 @@ def cv_command(
     backbone: BackboneOption = DEFAULT_BACKBONE,
     image_size: ImageSizeOption = DEFAULT_IMAGE_SIZE,
     views: ViewsOption = DEFAULT_VIEWS,
+    dihedral_views: DihedralViewsOption = DEFAULT_DIHEDRAL_VIEWS,
     pooling: PoolingOption = DEFAULT_POOLING,
     orientation: OrientationOption = DEFAULT_ORIENTATION,
     heads: HeadsOption = DEFAULT_HEADS,
@@ -383,6 +406,7 @@ def cv_command(
         backbone_options=backbone_build_options(pooling, orientation),
         image_size=image_size,
         views=views,
+        dihedral_views=dihedral_views,
         heads=heads,
         tta_views=tta_views,
         seed=seed,

@@ -114,6 +114,14 @@ def dihedral(array: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
 
 
+def compose_dihedral(first: int, then: int) -> int:
+    """``m`` with ``dihedral(dihedral(x, first), then) == dihedral(x, m)`` (the group's
+    product: the view ``then`` of a photo already turned by ``first``)."""
+    probe = np.arange(9, dtype=np.int64).reshape(3, 3, 1)  # no symmetry of its own
+    target = dihedral(dihedral(probe, first), then)
+    return next(m for m in range(DIHEDRAL_VIEWS) if np.array_equal(dihedral(probe, m), target))
+
+
 # --- rendering views --------------------------------------------------------------------
 
 

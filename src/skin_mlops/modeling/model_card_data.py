@@ -30,6 +30,7 @@ RECIPE_PARAMS = (
     "backbone_options",
     "image_size",
     "views",
+    "dihedral_views",
     "epochs",
     "batch_size",
     "learning_rate",

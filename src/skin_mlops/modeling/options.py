@@ -37,6 +37,7 @@ DEFAULT_TTA_VIEWS = 1
 DEFAULT_HEADS = 1
 DEFAULT_POOLING = "multi"
 DEFAULT_ORIENTATION = "none"
+DEFAULT_DIHEDRAL_VIEWS = False
 DEFAULT_FINE_TUNE_LAYERS = 0  # off by default; e.g. 8 = Lite0 block7a + top conv
 DEFAULT_FINE_TUNE_EPOCHS = 5
 DEFAULT_OOD_PASS_RATE = 0.95
@@ -73,6 +74,8 @@ class TrainingOptions:
     backbone_options: tuple[tuple[str, str], ...] = (("pooling", DEFAULT_POOLING),)
     image_size: int = DEFAULT_IMAGE_SIZE
     views: int = DEFAULT_VIEWS
+    # also train on the 7 dihedral transforms of each photo's centre view (on top of views)
+    dihedral_views: bool = DEFAULT_DIHEDRAL_VIEWS
     hidden_units: int = DEFAULT_HIDDEN_UNITS
     input_dropout: float = DEFAULT_INPUT_DROPOUT
     dropout: float = DEFAULT_DROPOUT
@@ -141,6 +144,15 @@ class TrainingOptions:
     def fine_tune_learning_rate(self) -> float:
         """The fine-tuning stage's (lower) learning rate."""
         return self.learning_rate * FINE_TUNE_LR_FACTOR
+
+    def train_view_ids(self) -> list[str]:
+        """The cached views of each training photo: the centre view and ``views - 1``
+        augmentations, then (with ``dihedral_views``) the centre view's 7 other dihedral
+        transforms - exactly the inputs a turned or mirrored photo gives the backbone."""
+        from skin_mlops.modeling.features import dihedral_view_ids, view_ids
+
+        ids = view_ids(self.views)
+        return ids + dihedral_view_ids()[1:] if self.dihedral_views else ids
 
     @property
     def orientation(self) -> str:

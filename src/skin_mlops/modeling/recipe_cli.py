@@ -26,6 +26,14 @@ ImageSizeOption = Annotated[int, typer.Option(help="Input side S in pixels.")]
 ViewsOption = Annotated[
     int, typer.Option(help="Cached views per training photo (1 = no augmentation).")
 ]
+DihedralViewsOption = Annotated[
+    bool,
+    typer.Option(
+        "--dihedral-views/--no-dihedral-views",
+        help="Also train on the 7 quarter-turned and mirrored copies of each photo's "
+        "centre view (on top of --views), so that a turned photo keeps its label.",
+    ),
+]
 PoolingOption = Annotated[
     str,
     typer.Option(

@@ -108,7 +108,8 @@ class FrozenFeatures:
 
     Attributes:
         train (np.ndarray): pooled ``float32[N_train, views, D]`` (the heads' input).
-        evaluation (np.ndarray): pooled ``float32[N_eval, tta_views, D]``.
+        evaluation (np.ndarray): pooled ``float32[N_eval, T, D]`` of the first ``T``
+            dihedral views (``T >= tta_views``; the model averages the first ``tta_views``).
         train_table / evaluation_table (FeatureTable): what the cache returned (with
             fine-tuning: activation maps at the cut, not pooled).
         split (BackboneSplit | None): the cut backbone, when fine-tuning.
@@ -142,10 +143,13 @@ def frozen_features(
     progress: Progress,
     timings: dict[str, float],
     peaks: dict[str, float] | None = None,
+    *,
+    evaluation_dihedral_views: int = 1,
 ) -> FrozenFeatures:
-    """Features of ``options.views`` views per training photo and of the first
-    ``options.tta_views`` dihedral views per evaluation photo, from the feature cache
-    (computed and stored only where missing)."""
+    """Features of :meth:`TrainingOptions.train_view_ids` per training photo and of the
+    first ``max(options.tta_views, evaluation_dihedral_views)`` dihedral views per
+    evaluation photo (``cv`` asks for all 8 to measure how often a turn changes the
+    top-1), from the feature cache (computed and stored only where missing)."""
     from skin_mlops.modeling.features import (
         FeatureSpace,
         FeatureStore,
@@ -176,24 +180,26 @@ def frozen_features(
         # pooled features are the (still frozen) top applied to it
         extractor = split.bottom if split else backbone
         cache_key = options.backbone_options_key + (f",cut={split.cut}" if split else "")
+        train_views = options.train_view_ids()
         train_table = extract_features(
             extractor,
             train_refs,
-            options.views,
+            train_views,
             store,
             backbone_options=cache_key,
             progress=progress,
-            description=f"features train ({options.views} views)",
+            description=f"features train ({len(train_views)} views)",
             compute=compute,
         )
+        evaluation_views = max(options.tta_views, evaluation_dihedral_views)
         evaluation_table = extract_features(
             extractor,
             evaluation_refs,
-            dihedral_view_ids()[: options.tta_views],
+            dihedral_view_ids()[:evaluation_views],
             store,
             backbone_options=cache_key,
             progress=progress,
-            description=f"features val ({options.tta_views} views)",
+            description=f"features val ({evaluation_views} views)",
             compute=compute,
         )
         if split:
@@ -217,6 +223,32 @@ def ensemble_logits(heads: Sequence[keras.Model], features: np.ndarray) -> np.nd
         ],
         axis=0,
     )
+
+
+def dihedral_top1(heads: Sequence[keras.Model], features: np.ndarray, tta_views: int) -> np.ndarray:
+    """``int[N, 8]``: the exported model's top-1 for each of the 8 dihedral transforms of
+    each photo, from pooled features of all 8 views ``[N, 8, D]`` (column 0: as given).
+
+    The model sees transform ``k`` of a photo, and with ``tta_views`` > 1 averages its
+    first ``tta_views`` transforms, i.e. views ``compose_dihedral(k, t)`` of the original.
+    """
+    from skin_mlops.modeling.features import DIHEDRAL_VIEWS, compose_dihedral
+
+    columns = []
+    for k in range(DIHEDRAL_VIEWS):
+        views = [compose_dihedral(k, t) for t in range(tta_views)]
+        columns.append(ensemble_logits(heads, features[:, views]).argmax(axis=1))
+    return np.stack(columns, axis=1)
+
+
+def dihedral_agreement(top1: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """Share of photos whose top-1 a transform keeps (``<prefix>dihedral_agreement_<k>``,
+    k 1..7, and the worst, ``<prefix>dihedral_agreement_min``), from :func:`dihedral_top1`."""
+    kept = {
+        f"{prefix}dihedral_agreement_{k}": float(np.mean(top1[:, k] == top1[:, 0]))
+        for k in range(1, top1.shape[1])
+    }
+    return {**kept, f"{prefix}dihedral_agreement_min": min(kept.values())}
 
 
 def write_plots(evaluation: Evaluation, history: dict[str, list[float]], labels: list[str]) -> Path:

@@ -18,6 +18,7 @@ from skin_mlops.dataset_config import load_dataset_config
 from skin_mlops.modeling.options import (
     DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DIHEDRAL_VIEWS,
     DEFAULT_EPOCHS,
     DEFAULT_FINE_TUNE_EPOCHS,
     DEFAULT_FINE_TUNE_LAYERS,
@@ -36,6 +37,7 @@ from skin_mlops.modeling.options import (
 from skin_mlops.modeling.recipe_cli import (
     BackboneOption,
     BatchSizeOption,
+    DihedralViewsOption,
     EpochsOption,
     HeadsOption,
     ImageSizeOption,
@@ -89,6 +91,7 @@ def train_command(
     backbone: BackboneOption = DEFAULT_BACKBONE,
     image_size: ImageSizeOption = DEFAULT_IMAGE_SIZE,
     views: ViewsOption = DEFAULT_VIEWS,
+    dihedral_views: DihedralViewsOption = DEFAULT_DIHEDRAL_VIEWS,
     pooling: PoolingOption = DEFAULT_POOLING,
     orientation: OrientationOption = DEFAULT_ORIENTATION,
     heads: HeadsOption = DEFAULT_HEADS,
@@ -135,6 +138,7 @@ def train_command(
         backbone_options=backbone_build_options(pooling, orientation),
         image_size=image_size,
         views=views,
+        dihedral_views=dihedral_views,
         heads=heads,
         tta_views=tta_views,
         fine_tune_layers=fine_tune_layers,
