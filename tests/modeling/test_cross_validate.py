@@ -83,6 +83,11 @@ def test_cv_logs_a_parent_and_one_child_run_per_fold(
         result.summary["cv_macro_f1_mean"]
     )
     assert "oof_ece_after_scaling" in parent.data.metrics
+    # how often a quarter turn or mirror image keeps the top-1, per transform and worst
+    agreement = [parent.data.metrics[f"oof_dihedral_agreement_{k}"] for k in range(1, 8)]
+    assert parent.data.metrics["oof_dihedral_agreement_min"] == min(agreement)
+    assert all(0.0 <= a <= 1.0 for a in agreement)
+    assert all("val_dihedral_agreement_min" in f.metrics for f in result.folds)
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'"
     )
@@ -119,3 +124,21 @@ def test_cv_refuses_the_fine_tuning_recipe(tmp_path: Path, settings_factory) -> 
             settings=settings_factory(tmp_path),
             options=dataclasses.replace(OPTIONS, fine_tune_layers=2),
         )
+
+
+def test_cv_of_a_canonical_backbone_keeps_every_top1_under_turns(
+    tmp_path: Path, colour_dataset_factory, settings_factory, backbone_factory
+) -> None:
+    """With the canonical-orientation layer the 8 views are the same input: 100 %."""
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 4, "val": 2})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    result = cross_validate(
+        dataset.config_path,
+        settings=settings,
+        options=OPTIONS,
+        folds=2,
+        backbone=backbone_factory(canonical=True),
+        show_progress=False,
+    )
+    assert result.summary["oof_dihedral_agreement_min"] == 1.0

@@ -131,3 +131,14 @@ def test_undecodable_image_is_one_clear_error(tmp_path: Path, tiny_backbone) -> 
     bad = ImageRef("12" * 32, lambda: b"not an image at all", "raw/train/acne/broken.jpg")
     with pytest.raises(DataError, match="broken.jpg"):
         extract_features(tiny_backbone, [bad], 1, FeatureStore(tmp_path))
+
+
+def test_composing_dihedral_transforms_is_the_group_product() -> None:
+    from skin_mlops.modeling.features import compose_dihedral, dihedral
+
+    x = np.random.default_rng(2).uniform(0, 1, (5, 5, 3))
+    for first in range(8):
+        for then in range(8):
+            np.testing.assert_array_equal(
+                dihedral(dihedral(x, first), then), dihedral(x, compose_dihedral(first, then))
+            )
