@@ -90,6 +90,9 @@ def row(name: str, flags: list[str], run: dict, wall_s: float) -> dict:
         "oof_ece_before": m["oof_ece_before_scaling"],
         "oof_ece_after": m["oof_ece_after_scaling"],
         "fold_macro_f1": run["fold_macro_f1"],
+        # worst of the 7 quarter turns / mirror images: share of photos keeping the top-1
+        # (absent from runs made before cv measured it)
+        "dihedral_agreement_min": m.get("oof_dihedral_agreement_min"),
         "wall_s": round(wall_s, 1),
     }
 
@@ -107,18 +110,23 @@ def decide(rows: list[dict]) -> None:
         r["kept"] = bool(diff.mean() > se)
 
 
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| lever | flags | CV macro-F1 | gain vs default (± SE) | accuracy | worst class F1 "
-        "| OOF ECE before → after | wall s | kept |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| OOF ECE before → after | top-1 kept by a turn (worst) | wall s | kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['lever']} | `{r['flags']}` | {r['cv_macro_f1_mean']:.3f} ± "
             f"{r['cv_macro_f1_std']:.3f} | {r['gain']:+.3f} ± {r['gain_se']:.3f} | "
             f"{r['cv_accuracy_mean']:.3f} | {r['worst_class_f1']:.3f} | "
-            f"{r['oof_ece_before']:.3f} → {r['oof_ece_after']:.3f} | {r['wall_s']:.0f} | "
+            f"{r['oof_ece_before']:.3f} → {r['oof_ece_after']:.3f} | "
+            f"{_share(r.get('dihedral_agreement_min'))} | {r['wall_s']:.0f} | "
             f"{'yes' if r['kept'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
@@ -153,6 +161,9 @@ def main(
     for r in rows.values():  # per-fold scores re-read from the store (earlier runs' rows)
         if r["run_id"] in stored:
             r["fold_macro_f1"] = stored[r["run_id"]]["fold_macro_f1"]
+            r["dihedral_agreement_min"] = stored[r["run_id"]]["metrics"].get(
+                "oof_dihedral_agreement_min"
+            )
     for name in [n for n in names if not (refresh_only and n in rows)]:
         console.rule(f"lever {name}")
         started = time.perf_counter()
@@ -163,7 +174,8 @@ def main(
     results_path.write_text(json.dumps(ordered, indent=2))
     (OUT / "recipe_levers.md").write_text(markdown(ordered))
     table = Table(title=f"recipe levers, {folds}-fold CV on dermnet5 (2-core CPU)")
-    for column in ("lever", "CV macro-F1", "gain ± SE", "worst F1", "OOF ECE", "s", "kept"):
+    columns = ("lever", "CV macro-F1", "gain ± SE", "worst F1", "OOF ECE", "turn kept", "s", "kept")
+    for column in columns:
         table.add_column(column)
     for r in ordered:
         table.add_row(
@@ -172,6 +184,7 @@ def main(
             f"{r['gain']:+.3f} ± {r['gain_se']:.3f}",
             f"{r['worst_class_f1']:.3f}",
             f"{r['oof_ece_before']:.3f} → {r['oof_ece_after']:.3f}",
+            _share(r.get("dihedral_agreement_min")),
             f"{r['wall_s']:.0f}",
             "yes" if r["kept"] else "no",
         )
