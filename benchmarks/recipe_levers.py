@@ -62,6 +62,8 @@ def cv_runs(work: Path) -> list[dict]:
     )
     out = []
     for run in runs:
+        if run.info.status != "FINISHED":  # an interrupted cv: no complete folds
+            continue
         children = client.search_runs(
             [experiment.experiment_id], f"tags.\"mlflow.parentRunId\" = '{run.info.run_id}'"
         )
