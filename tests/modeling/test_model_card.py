@@ -137,3 +137,13 @@ def test_group_metrics_only_where_a_group_has_enough_photos() -> None:
     rows = {row.group: row for row in model_card.group_metrics(predictions, groups, 2)}
     assert rows["light (41-55)"].accuracy == 1.0 and rows["light (41-55)"].photos == n
     assert rows["dark (<-30)"].accuracy is None and rows["dark (<-30)"].photos == 5
+
+
+def test_a_recipe_param_added_later_reads_as_its_old_value() -> None:
+    """A training run logged before ``dihedral_views`` existed matches a new cv run of
+    the same recipe (which logs it as False), not one that trained on dihedral views."""
+    old, new = {"views": "12"}, {"views": "12", "dihedral_views": "False"}
+    assert model_card_data.recipe_param(old, "dihedral_views") == "False"
+    assert model_card_data.recipe_param(new, "dihedral_views") == "False"
+    assert model_card_data.recipe_param({"dihedral_views": "True"}, "dihedral_views") == "True"
+    assert model_card_data.recipe_param(old, "views") == "12"

@@ -100,6 +100,15 @@ def _download_json(client: Any, run_id: str, artifact: str, folder: Path) -> dic
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+# recipe params added after runs were logged, with the value those older runs had
+_PARAM_DEFAULTS_OF_OLDER_RUNS = {"dihedral_views": "False"}
+
+
+def recipe_param(params: dict[str, str], key: str) -> str | None:
+    """A run's recipe param, or what a run logged before the param existed used."""
+    return params.get(key, _PARAM_DEFAULTS_OF_OLDER_RUNS.get(key))
+
+
 def _matching_cv_run(client: Any, run: Any) -> Any | None:
     """The newest ``cv`` run of this run's recipe on the same photos, or None."""
     runs = client.search_runs(
@@ -109,7 +118,7 @@ def _matching_cv_run(client: Any, run: Any) -> Any | None:
     for candidate in runs:
         other = candidate.data.params
         if candidate.data.tags.get("dataset") == dataset and all(
-            other.get(key) == params.get(key) for key in RECIPE_PARAMS
+            recipe_param(other, key) == recipe_param(params, key) for key in RECIPE_PARAMS
         ):
             return candidate
     return None
@@ -142,7 +151,9 @@ def tried_recipes(client: Any, run: Any) -> list[TriedRecipe]:
             continue
         other, m = candidate.data.params, candidate.data.metrics
         differences = ", ".join(
-            f"{key}={other.get(key)}" for key in RECIPE_PARAMS if other.get(key) != params.get(key)
+            f"{key}={recipe_param(other, key)}"
+            for key in RECIPE_PARAMS
+            if recipe_param(other, key) != recipe_param(params, key)
         )
         if differences in seen or "cv_macro_f1_mean" not in m:
             continue
