@@ -7,6 +7,8 @@ Layout (stable; see ``docs/architecture.md``)::
     model/model.keras          the Keras model (backbone + head), outputs logits
                                (and ood_score, the out-of-distribution guard's distance)
     model/model.onnx           the same graph via tf2onnx (served by ONNX Runtime)
+    model/model.int8.onnx      optional: its int8 twin, present only when it passed the
+                               quality gate (served by OpenVINO; signature ``int8``)
 
 ``runs/skin5-current`` is a *symlink* to ``runs/skin5/<model_version>/``. A new export is
 written to a fresh version folder, checked, flushed to disk, then the link is swapped with
@@ -40,6 +42,7 @@ CLASS_INDEX_FILE = Path("data/class_index.json")
 SIGNATURE_FILE = Path("inference/signature.json")
 KERAS_MODEL_FILE = Path("model/model.keras")
 ONNX_MODEL_FILE = Path("model/model.onnx")
+INT8_MODEL_FILE = Path("model/model.int8.onnx")
 REQUIRED_FILES = (CLASS_INDEX_FILE, SIGNATURE_FILE, ONNX_MODEL_FILE)
 
 
@@ -67,6 +70,26 @@ class OodSpec(BaseModel):
     heldout_photos: int = Field(ge=1)
 
 
+class Int8Spec(BaseModel):
+    """The int8 twin of ``model/model.onnx`` (:mod:`skin_mlops.modeling.quantize`).
+
+    ``model/model.int8.onnx`` has the same inputs and outputs; it exists only because it
+    passed the quality gate, whose figures (on ``gate_photos`` held-out photos, int8 on
+    ``engine`` against fp32 on ONNX Runtime) are kept here.
+    """
+
+    file: str = str(INT8_MODEL_FILE)
+    method: str = "ort-minmax"
+    engine: str = "openvino"
+    calibration_photos: int = Field(ge=1)
+    float_nodes: int = Field(ge=0)
+    gate_photos: int = Field(ge=1)
+    fp32_macro_f1: float
+    int8_macro_f1: float
+    top1_agreement: float = Field(ge=0, le=1)
+    guard_agreement: float | None = None
+
+
 class ModelSignature(BaseModel):
     """``inference/signature.json``: everything a server needs besides the weights.
 
@@ -88,6 +111,7 @@ class ModelSignature(BaseModel):
     input_range: tuple[float, float] = (0.0, 255.0)
     output_kind: str = "logits"
     ood: OodSpec | None = None
+    int8: Int8Spec | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 

@@ -92,7 +92,15 @@ def test_contract_names_and_labels_after_requests(client: TestClient) -> None:
     assert sample_value(families["api_batch_size"], "api_batch_size_count") == 3
     info = families["api_model_info"]
     assert [(s.labels, s.value) for s in info] == [
-        ({"version": "v1", "backbone": "tiny-test-net"}, 1.0)
+        (
+            {
+                "version": "v1",
+                "backbone": "tiny-test-net",
+                "precision": "fp32",
+                "engine": "onnxruntime",
+            },
+            1.0,
+        )
     ]
 
 

@@ -12,7 +12,7 @@ name                               type       labels
 ``api_predictions_total``          counter    ``label`` (a model label)
 ``api_prediction_confidence``      histogram  ``label``
 ``api_batch_size``                 histogram  -
-``api_model_info``                 gauge = 1  ``version``, ``backbone`` (the served model)
+``api_model_info``                 gauge = 1  ``version``, ``backbone``, ``precision``, ``engine``
 ``api_model_reloads_total``        counter    ``result`` (``success`` / ``refused``)
 ``api_model_reload_failing``       gauge      - (1 while the newest candidate is refused)
 ``api_stage_seconds``              histogram  ``stage``: a stage of a prediction request
@@ -118,8 +118,8 @@ class ApiMetrics:
         )
         self.model_info = Gauge(
             "api_model_info",
-            "The served model (value 1): version and backbone.",
-            ["version", "backbone"],
+            "The served model (value 1): version, backbone, precision (fp32/int8) and engine.",
+            ["version", "backbone", "precision", "engine"],
             registry=r,
         )
         self.reloads = Counter(
@@ -161,6 +161,8 @@ class ApiMetrics:
         backbone: str,
         train_shares: dict[str, float] | None = None,
         labels: list[str] | None = None,
+        precision: str = "fp32",
+        engine: str = "onnxruntime",
     ) -> None:
         """Point ``api_model_info`` (and the training shares) at the model now served.
 
@@ -168,7 +170,9 @@ class ApiMetrics:
         ``labels``, so its share is 0 (not absent) until a photo is flagged.
         """
         self.model_info.clear()
-        self.model_info.labels(version=version, backbone=backbone).set(1)
+        self.model_info.labels(
+            version=version, backbone=backbone, precision=precision, engine=engine
+        ).set(1)
         self.label_train_share.clear()
         for label, share in (train_shares or {}).items():
             self.label_train_share.labels(label=label).set(share)

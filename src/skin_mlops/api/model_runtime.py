@@ -8,8 +8,10 @@ asked for a cheap *key* (which version is current?) every ``MODEL_POLL_SECONDS``
 
 1. read (``signature.json`` + ``class_index.json`` must agree, the preprocessing id must be
    the one this server runs, the output must be logits);
-2. opened in an ONNX Runtime session (options tuned for a small CPU box) and checked:
-   input/output names and shapes as the signature says;
+2. opened - the fp32 ``model/model.onnx`` on ONNX Runtime, or its int8 twin
+   ``model/model.int8.onnx`` on OpenVINO (``MODEL_PRECISION``, default ``auto``: int8 when
+   the export has one and OpenVINO is installed; see :mod:`skin_mlops.runtimes`) - and
+   checked: input/output names and shapes as the signature says;
 3. warmed up: a batch of 1 and a batch of ``MAX_BATCH_SIZE`` run, outputs finite, and a
    row's result does not depend on its batch;
 
@@ -36,7 +38,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -45,11 +47,13 @@ from skin_mlops.api.redact import redact_text
 from skin_mlops.core.config import Settings
 from skin_mlops.core.errors import ServiceUnavailableError, SkinMlopsError
 from skin_mlops.preprocessing import PREPROCESSING_ID
+from skin_mlops.runtimes import Engine, Session, engine_available, open_session
+from skin_mlops.runtimes import ort_session_options as session_options
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
-
     from skin_mlops.api.metrics import ApiMetrics
+
+__all__ = ["LoadedModel", "ModelRuntime", "load_model", "session_options"]
 
 log = logging.getLogger("skin_mlops.api.model")
 
@@ -80,21 +84,25 @@ ReloadKind = Literal["swapped", "unchanged", "refused", "unavailable", "error"]
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """An ONNX Runtime session ready to serve, with the signature it was exported with.
+    """A session ready to serve, with the signature it was exported with.
 
     Attributes:
         signature (ModelSignature): the export's ``signature.json``.
-        session (onnxruntime.InferenceSession): the warmed-up session.
+        session (Session): the warmed-up session (ONNX Runtime or OpenVINO).
         source_key (str): which version of the source this is (folder or registry version).
         loaded_at (float): UNIX time the model started serving.
         warmup_ms (float): time spent validating + warming up.
+        precision (str): ``fp32`` (``model/model.onnx``) or ``int8`` (``model.int8.onnx``).
+        engine (str): the runtime running it, ``onnxruntime`` or ``openvino``.
     """
 
     signature: export_format.ModelSignature
-    session: ort.InferenceSession
+    session: Session
     source_key: str
     loaded_at: float
     warmup_ms: float
+    precision: str = "fp32"
+    engine: Engine = "onnxruntime"
 
     @property
     def version(self) -> str:
@@ -137,35 +145,38 @@ class LoadedModel:
         return export_format.softmax(logits, self.signature.temperature)
 
 
-def session_options(intra_op_threads: int, memory_arena: bool = False) -> ort.SessionOptions:
-    """ONNX Runtime options for a small CPU box shared with the image decoding threads.
+def choose_model(
+    signature: export_format.ModelSignature, settings: Settings
+) -> tuple[Path, str, Engine]:
+    """``(file in the export, precision, engine)`` that ``MODEL_PRECISION`` asks for.
 
-    Sequential execution with ``intra_op_threads`` threads per operator, one inter-op
-    thread, full graph optimisation, and no spin-waiting (spinning threads would steal the
-    cores the decode/preprocess pool needs between batches).
-
-    ``memory_arena`` (setting ``ORT_MEMORY_ARENA``, default off): with ONNX Runtime's CPU
-    arena the activations of the largest batch stay resident for good (Lite0 at 288 px:
-    +~60 MiB after batches up to 8); without it they go back to malloc, whose blocks the
-    process reuses (see :mod:`skin_mlops.api.memory`). Same latency either way here
-    (~9-10 ms per batch-1 call, 2 threads).
+    Raises:
+        ModelRefusedError: int8 asked for, but the export has none or OpenVINO is missing.
     """
-    import onnxruntime as ort
+    wanted = settings.model_precision
+    if wanted == "fp32":
+        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+    if signature.int8 is None:
+        if wanted == "int8":
+            raise ModelRefusedError(
+                f"MODEL_PRECISION=int8, but model {signature.model_version} has no int8 model "
+                "(it did not pass the quality gate, or was trained with --no-int8)"
+            )
+        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+    engine: Engine = "openvino" if signature.int8.engine == "openvino" else "onnxruntime"
+    if not engine_available(engine):
+        if wanted == "int8":
+            raise ModelRefusedError(f"MODEL_PRECISION=int8 needs {engine}, not installed here")
+        log.warning(
+            "model %s has an int8 model but %s is missing: serving fp32",
+            signature.model_version,
+            engine,
+        )
+        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+    return Path(signature.int8.file), "int8", engine
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = memory_arena
-    options.enable_mem_pattern = True
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return options
 
-
-def _check_spec(kind: str, expected: export_format.TensorSpec, actual: ort.NodeArg) -> None:
+def _check_spec(kind: str, expected: export_format.TensorSpec, actual: Any) -> None:
     """Refuse a model whose ONNX tensor disagrees with the signature's spec."""
     if actual.name != expected.name:
         raise ModelRefusedError(
@@ -191,8 +202,6 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
     Raises:
         ModelRefusedError: anything wrong with the candidate, as one line.
     """
-    import onnxruntime as ort
-
     started = time.perf_counter()
     try:
         signature = export_format.read_signature(folder)
@@ -210,14 +219,19 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
         raise ModelRefusedError(
             f"signature input shape {signature.input.shape} is not [N, {size}, {size}, 3]"
         )
+    model_file, precision, engine = choose_model(signature, settings)
+    if not (folder / model_file).is_file():
+        raise ModelRefusedError(f"{model_file} is missing from {folder.name}")
     try:
-        session = ort.InferenceSession(
-            str(folder / export_format.ONNX_MODEL_FILE),
-            sess_options=session_options(settings.ort_intra_op_threads, settings.ort_memory_arena),
-            providers=["CPUExecutionProvider"],
+        session = open_session(
+            folder / model_file,
+            engine,
+            settings.ort_intra_op_threads,
+            memory_arena=settings.ort_memory_arena,
         )
-    except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        raise ModelRefusedError(f"ONNX Runtime cannot load {folder.name}") from exc
+    except Exception as exc:  # each engine raises its own exception types for bad files
+        name = "ONNX Runtime" if engine == "onnxruntime" else "OpenVINO"
+        raise ModelRefusedError(f"{name} cannot load {folder.name}/{model_file}") from exc
     n_outputs = 2 if signature.ood else 1
     if len(session.get_inputs()) != 1 or len(session.get_outputs()) != n_outputs:
         raise ModelRefusedError(
@@ -229,10 +243,10 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
     if signature.ood:
         _check_spec("ood output", signature.ood.output, session.get_outputs()[1])
 
-    model = LoadedModel(signature, session, source_key, loaded_at=0.0, warmup_ms=0.0)
+    model = LoadedModel(signature, session, source_key, 0.0, 0.0, precision, engine)
     _warm_up(model, settings.max_batch_size)
     warmup_ms = (time.perf_counter() - started) * 1000
-    return LoadedModel(signature, session, source_key, time.time(), warmup_ms)
+    return LoadedModel(signature, session, source_key, time.time(), warmup_ms, precision, engine)
 
 
 def _warm_up(model: LoadedModel, max_batch_size: int) -> None:
@@ -413,12 +427,20 @@ class ModelRuntime:
                 if f"train_share_{label}" in signature.metrics
             }
             self.metrics.set_model(
-                candidate.version, signature.backbone, shares, labels=list(signature.labels)
+                candidate.version,
+                signature.backbone,
+                shares,
+                labels=list(signature.labels),
+                precision=candidate.precision,
+                engine=candidate.engine,
             )
             log.info(
-                "serving model %s (backbone %s) from %s; validated + warmed up in %.0f ms",
+                "serving model %s (backbone %s, %s on %s) from %s; validated + warmed up in "
+                "%.0f ms",
                 candidate.version,
                 candidate.signature.backbone,
+                candidate.precision,
+                candidate.engine,
                 self.source.description,
                 candidate.warmup_ms,
             )

@@ -232,7 +232,10 @@ def _export_from_onnx_artifact(artifact: Path, export: Path, key: str) -> Path:
             f"{key}: the registered ONNX model has no {' and '.join(missing)} among its "
             "extra files (training logs them with mlflow.onnx.log_model(extra_files=...))"
         )
-    for file_name, relative in _EXPORT_EXTRAS.items():
+    optional = {export_format.INT8_MODEL_FILE.name: export_format.INT8_MODEL_FILE}
+    for file_name, relative in {**_EXPORT_EXTRAS, **optional}.items():
+        if file_name not in extras:  # an optional one (the int8 twin) that this version lacks
+            continue
         destination = export / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(extras[file_name], destination)

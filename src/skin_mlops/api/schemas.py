@@ -91,6 +91,13 @@ class ModelInfo(BaseModel):
     labels: list[str]
     temperature: float
     preprocessing_id: str
+    precision: str = Field(
+        default="fp32", description="fp32 (model.onnx) or int8 (model.int8.onnx, gated)"
+    )
+    engine: str = Field(default="onnxruntime", description="onnxruntime or openvino")
+    int8_gate: dict[str, float | int | str | None] | None = Field(
+        default=None, description="the export's int8 quality gate figures (None: no int8 model)"
+    )
     metrics: dict[str, float]
     created_at: str
     source: str

@@ -154,6 +154,7 @@ def train_and_track(
     show_progress: bool = True,
     promote: bool = True,
     min_delta: float | None = None,
+    int8: bool = False,
 ) -> TrainingResult:
     """Train, evaluate, export, track and publish one model (see the module docstring).
 
@@ -174,6 +175,8 @@ def train_and_track(
         min_delta (float | None): the val macro-F1 improvement over the champion (re-scored
             on this run's val photos) needed to take ``@champion`` (default
             ``settings.promotion_min_delta``).
+        int8 (bool): also quantize the export to int8, shipped beside fp32 only past the
+            quality gate (:mod:`skin_mlops.modeling.quantize`).
 
     Returns:
         TrainingResult: run id, registry decision, metrics, export location, timings.
@@ -451,6 +454,21 @@ def train_and_track(
                 "onnx_parity_max_abs_logit_diff": parity.max_abs_logit_diff,
             }
         )
+        if int8:  # 7b. the int8 twin, kept only past its quality gate
+            from skin_mlops.modeling.quantize import quantize_in_training
+
+            with timed(timings, "int8", peaks):
+                quantized = quantize_in_training(
+                    staging,
+                    train_refs,
+                    val_refs,
+                    y_val,
+                    backbone.image_size,
+                    seed=options.seed,
+                    threads=settings.ort_intra_op_threads,
+                    console=console,
+                )
+            mlflow.log_metrics(quantized.report.as_metrics())
 
         # 8. tracking: models, metadata, registry
         with timed(timings, "tracking", peaks):
@@ -469,6 +487,9 @@ def train_and_track(
                 signature=mlflow_signature,
                 pip_requirements=tracking.pinned_requirements("tensorflow-cpu", "keras"),
             )
+            int8_files = [
+                str(path) for path in [staging / export_format.INT8_MODEL_FILE] if path.is_file()
+            ]
             onnx_info = mlflow.onnx.log_model(
                 onnx.load(str(staging / export_format.ONNX_MODEL_FILE)),
                 name="onnx-model",
@@ -478,6 +499,7 @@ def train_and_track(
                 extra_files=[
                     str(staging / export_format.SIGNATURE_FILE),
                     str(staging / export_format.CLASS_INDEX_FILE),
+                    *int8_files,  # the gated int8 twin travels with the registered version
                 ],
             )
             registered = registry.register_version(

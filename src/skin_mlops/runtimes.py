@@ -1,0 +1,188 @@
+"""The two engines an exported ONNX model runs on, behind one small interface.
+
+* ``onnxruntime`` - :func:`ort_session_options` tuned for a small CPU box; runs the fp32
+  ``model/model.onnx`` everywhere (the reference every other path is checked against);
+* ``openvino`` - Intel's runtime, which reads the same ONNX files; on this CPU it runs the
+  int8 model (``model/model.int8.onnx``, :mod:`skin_mlops.modeling.quantize`) about twice
+  as fast as ONNX Runtime runs fp32, because its int8 kernels use AVX-512 VNNI.
+
+Both are opened by :func:`open_session` and answer the same three calls the API and the
+int8 quality gate use: ``run(output_names, {input_name: batch})``, ``get_inputs()`` and
+``get_outputs()`` (ONNX Runtime's own names, so an ``onnxruntime.InferenceSession`` *is*
+such a session). OpenVINO is asked for float32 inference (``INFERENCE_PRECISION_HINT``):
+on CPUs with AMX or AVX-512 BF16 it would otherwise run the float parts in bfloat16 and
+the served predictions would no longer be the ones the gate measured.
+
+Stdlib and numpy at import time (the engines are imported inside functions): importable
+by the API image and by the CLI at start.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from skin_mlops.core.errors import SkinMlopsError
+
+Engine = Literal["onnxruntime", "openvino"]
+ENGINES: tuple[Engine, ...] = ("onnxruntime", "openvino")
+
+
+class RuntimeUnavailableError(SkinMlopsError):
+    """The requested engine is not installed (or cannot load this model)."""
+
+
+class TensorInfo(Protocol):
+    """What a session says about one input or output (ONNX Runtime's ``NodeArg``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def shape(self) -> list[int | str | None]: ...
+
+
+class Session(Protocol):
+    """The calls every engine answers (an ``onnxruntime.InferenceSession`` is one)."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray]) -> list[Any]: ...
+
+    def get_inputs(self) -> list[Any]: ...
+
+    def get_outputs(self) -> list[Any]: ...
+
+
+def engine_available(engine: Engine) -> bool:
+    """Whether ``engine``'s Python package can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec(engine) is not None
+
+
+def ort_session_options(intra_op_threads: int, memory_arena: bool = False) -> Any:
+    """ONNX Runtime options for a small CPU box shared with the image decoding threads.
+
+    Sequential execution with ``intra_op_threads`` threads per operator, one inter-op
+    thread, full graph optimisation, and no spin-waiting (spinning threads would steal the
+    cores the decode/preprocess pool needs between batches).
+
+    ``memory_arena`` (setting ``ORT_MEMORY_ARENA``, default off): with ONNX Runtime's CPU
+    arena the activations of the largest batch stay resident for good (Lite0 at 288 px:
+    +~60 MiB after batches up to 8); without it they go back to malloc, whose blocks the
+    process reuses (see :mod:`skin_mlops.api.memory`). Same latency either way here
+    (~9-10 ms per batch-1 call, 2 threads).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = memory_arena
+    options.enable_mem_pattern = True
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+@dataclass(frozen=True)
+class _OvTensor:
+    """An OpenVINO port described the way ONNX Runtime describes a ``NodeArg``."""
+
+    name: str
+    type: str
+    shape: list[int | str | None]
+
+
+_OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)"}
+
+
+class OpenVinoSession:
+    """An OpenVINO compiled model with ONNX Runtime's ``run`` / ``get_inputs`` / ``get_outputs``.
+
+    One infer request per calling thread (an infer request is not thread-safe; the
+    compiled model is), so the API's worker threads can call :meth:`run` concurrently.
+    Dynamic batch: the ONNX batch dimension stays dynamic, every batch size runs.
+    """
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._local = threading.local()
+        self._inputs = [self._describe(port) for port in self._compiled.inputs]
+        self._outputs = [self._describe(port) for port in self._compiled.outputs]
+        # a tensor has several names (the ONNX graph's and the producing node's): any finds it
+        self._output_index = {
+            name: i for i, port in enumerate(self._compiled.outputs) for name in port.get_names()
+        }
+
+    @staticmethod
+    def _describe(port: Any) -> _OvTensor:
+        """The port as ONNX Runtime shows it, under its plainest name (``logits``, not
+        ``head/class_logits_0``: the ONNX graph's own name has no node path)."""
+        shape: list[int | str | None] = [
+            int(d.get_length()) if d.is_static else None for d in port.get_partial_shape()
+        ]
+        element = port.get_element_type().get_type_name()
+        name = min(port.get_names(), key=lambda n: ("/" in n or ":" in n, len(n), n))
+        return _OvTensor(name, _OV_TYPES.get(element, element), shape)
+
+    def get_inputs(self) -> list[_OvTensor]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[_OvTensor]:
+        return list(self._outputs)
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        results = request.infer(
+            {name: np.ascontiguousarray(value) for name, value in input_feed.items()}
+        )
+        ordered = list(results.values())  # in the compiled model's output order, copied
+        try:
+            return [np.asarray(ordered[self._output_index[name]]) for name in output_names]
+        except KeyError as exc:
+            raise ValueError(f"the model has no output named {exc.args[0]!r}") from None
+
+
+def open_session(
+    path: Path, engine: Engine, threads: int, *, memory_arena: bool = False
+) -> Session:
+    """An ``engine`` session over the ONNX file at ``path``.
+
+    Raises:
+        RuntimeUnavailableError: ``engine`` is not installed here.
+    """
+    if not engine_available(engine):
+        raise RuntimeUnavailableError(
+            f"model runtime {engine!r} is not installed (uv sync --group serve installs it)"
+        )
+    if engine == "openvino":
+        return OpenVinoSession(path, threads)
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(path),
+        sess_options=ort_session_options(threads, memory_arena),
+        providers=["CPUExecutionProvider"],
+    )

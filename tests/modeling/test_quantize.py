@@ -1,0 +1,232 @@
+"""The int8 stage: the quality gate, the quantized twin of a real (tiny) export, serving it.
+
+The gate is tested on outputs made to differ by a known amount; the quantizer runs for
+real (ONNX Runtime's ``quantize_static``) on the tiny guarded model, and the API serves
+the result on ONNX Runtime and on OpenVINO.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from skin_mlops import export_format
+from skin_mlops.api.main import create_app
+from skin_mlops.modeling import quantize
+from skin_mlops.preprocessing import preprocess_bytes
+from skin_mlops.runtimes import open_session
+from utils.images import COLOURS, encode, two_tone
+from utils.model_factory import (
+    IMAGE_SIZE,
+    LABELS,
+    GuardedTinyModel,
+    build_guarded_tiny_model,
+    publish_tiny_export,
+    signature_for,
+)
+from utils.servers import make_settings
+
+
+@pytest.fixture(scope="module")
+def guarded() -> GuardedTinyModel:
+    return build_guarded_tiny_model()
+
+
+def _photos(n_per_label: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy two-tone photos of each label's colour, as the server preprocesses them."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for index, label in enumerate(COLOURS):
+        for _ in range(n_per_label):
+            accent = tuple(int(v) for v in rng.integers(0, 256, 3))
+            data = encode(two_tone(label, accent=accent))  # type: ignore[arg-type]
+            images.append(preprocess_bytes(data, IMAGE_SIZE))
+            labels.append(index)
+    return np.stack(images), np.array(labels)
+
+
+def _signature(guarded: GuardedTinyModel) -> export_format.ModelSignature:
+    return signature_for(guarded.model, "v-int8", **guarded.signature_overrides())
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _logits_for(top1: np.ndarray, k: int = len(LABELS)) -> np.ndarray:
+    logits = np.zeros((len(top1), k), np.float32)
+    logits[np.arange(len(top1)), top1] = 5.0
+    return logits
+
+
+def test_the_gate_passes_a_candidate_that_changes_nothing(guarded: GuardedTinyModel) -> None:
+    labels = np.arange(200) % 5
+    outputs = (_logits_for(labels), np.full(200, 0.1, np.float32))
+
+    report = quantize.gate(_signature(guarded), labels, outputs, outputs)
+
+    assert report.passed and report.top1_agreement == 1.0 and report.f1_drop == 0.0
+
+
+def test_the_gate_refuses_more_than_one_flip_in_a_hundred(guarded: GuardedTinyModel) -> None:
+    labels = np.arange(129) % 5
+    flipped = labels.copy()
+    flipped[:2] = (labels[:2] + 1) % 5  # 2 of 129 = 98.4 % agreement, as measured on dermnet5
+    scores = np.full(129, 0.1, np.float32)
+
+    report = quantize.gate(
+        _signature(guarded), labels, (_logits_for(labels), scores), (_logits_for(flipped), scores)
+    )
+
+    assert not report.passed
+    assert report.top1_disagreements == 2
+    assert any("top-1 agrees with fp32 on 98.4% of 129 photos" in r for r in report.reasons)
+
+
+def test_the_gate_refuses_a_macro_f1_drop_even_when_top1_mostly_agrees(
+    guarded: GuardedTinyModel,
+) -> None:
+    labels = np.arange(100) % 5
+    worse = labels.copy()
+    worse[0] = 1  # one flip (99 % agreement: allowed) that costs > 0.005 macro-F1
+    scores = np.full(100, 0.1, np.float32)
+
+    report = quantize.gate(
+        _signature(guarded), labels, (_logits_for(labels), scores), (_logits_for(worse), scores)
+    )
+
+    assert report.top1_agreement == pytest.approx(0.99)
+    assert report.f1_drop > quantize.F1_DROP_MAX
+    assert [r for r in report.reasons if r.startswith("macro-F1 drops by")]
+
+
+def test_the_gate_refuses_a_guard_that_changes_its_verdicts(guarded: GuardedTinyModel) -> None:
+    labels = np.arange(100) % 5
+    threshold = guarded.threshold
+    scores = np.full(100, threshold * 0.5, np.float32)
+    moved = scores.copy()
+    moved[:3] = threshold * 2  # 3 photos now flagged out of distribution
+
+    report = quantize.gate(
+        _signature(guarded), labels, (_logits_for(labels), scores), (_logits_for(labels), moved)
+    )
+
+    assert report.guard_agreement == pytest.approx(0.97)
+    assert any("out-of-distribution verdict" in r for r in report.reasons)
+
+
+# --------------------------------------------------------------------------- the export
+
+
+@pytest.fixture
+def export_dir(tmp_path: Path, guarded: GuardedTinyModel) -> Path:
+    link = tmp_path / "runs" / "skin5-current"
+    publish_tiny_export(link, guarded.model, "v-int8", **guarded.signature_overrides())
+    return export_format.resolve_export_dir(link)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_refused_candidate_leaves_the_export_as_it_was(
+    export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calibration, _ = _photos(4, seed=1)
+    gate_images, gate_labels = _photos(6, seed=2)
+    before = _files(export_dir)
+    monkeypatch.setattr(quantize, "AGREEMENT_MIN", 1.01)  # no candidate can pass
+
+    result = quantize.quantize_export(export_dir, calibration, gate_images, gate_labels)
+
+    assert not result.report.passed and result.spec is None
+    assert _files(export_dir) == before
+    assert export_format.read_signature(export_dir).int8 is None
+
+
+def test_the_tiny_model_quantizes_within_the_gate_and_ships(export_dir: Path) -> None:
+    """The real quantizer on the real (tiny) graph: the head stays float, the convolution
+    is int8, the gate passes on photos like the training ones, and the spec says so."""
+    import onnx
+
+    calibration, _ = _photos(8, seed=1)
+    gate_images, gate_labels = _photos(20, seed=2)
+
+    result = quantize.quantize_export(export_dir, calibration, gate_images, gate_labels)
+
+    assert result.report.passed, result.report.reasons
+    int8_file = export_dir / export_format.INT8_MODEL_FILE
+    ops = {node.op_type for node in onnx.load(str(int8_file)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    spec = export_format.read_signature(export_dir).int8
+    assert spec is not None and spec.engine == "onnxruntime"
+    assert spec.top1_agreement == pytest.approx(result.report.top1_agreement, abs=1e-6)
+    assert spec.gate_photos == len(gate_labels) and spec.calibration_photos == len(calibration)
+
+
+def test_openvino_runs_the_export_like_onnx_runtime(export_dir: Path) -> None:
+    signature = export_format.read_signature(export_dir)
+    images, _ = _photos(3, seed=3)
+    path = export_dir / export_format.ONNX_MODEL_FILE
+    names = [signature.output.name, signature.ood.output.name]  # type: ignore[union-attr]
+
+    ort_out = open_session(path, "onnxruntime", 1).run(names, {signature.input.name: images})
+    ov = open_session(path, "openvino", 1)
+    ov_out = ov.run(names, {signature.input.name: images})
+
+    assert [t.name for t in ov.get_outputs()] == names
+    for a, b in zip(ort_out, ov_out, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="no output named 'nope'"):
+        ov.run(["nope"], {signature.input.name: images})
+
+
+# --------------------------------------------------------------------------- serving
+
+
+@pytest.fixture
+def int8_link(export_dir: Path) -> Path:
+    calibration, _ = _photos(8, seed=1)
+    gate_images, gate_labels = _photos(20, seed=2)
+    assert quantize.quantize_export(export_dir, calibration, gate_images, gate_labels).spec
+    return export_dir.parent.parent / "skin5-current"
+
+
+def _client(link: Path, **overrides: object) -> TestClient:
+    return TestClient(create_app(make_settings(link, **overrides)), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("precision", ["auto", "int8"])
+def test_the_api_serves_the_int8_twin_when_the_export_has_one(
+    int8_link: Path, precision: str
+) -> None:
+    with _client(int8_link, model_precision=precision) as client:
+        info = client.get("/model").json()
+        body = client.post(
+            "/predict", files={"file": ("p.png", encode(two_tone("green")), "image/png")}
+        ).json()
+        metrics = client.get("/metrics").text
+
+    assert (info["precision"], info["engine"]) == ("int8", "onnxruntime")
+    assert info["int8_gate"]["gate_photos"] == 100
+    assert body["label"] == "green"
+    assert 'precision="int8"' in metrics
+
+
+def test_model_precision_fp32_serves_the_float_model(int8_link: Path) -> None:
+    with _client(int8_link, model_precision="fp32") as client:
+        info = client.get("/model").json()
+
+    assert (info["precision"], info["engine"]) == ("fp32", "onnxruntime")
+
+
+def test_asking_for_int8_when_the_export_has_none_is_refused_in_plain_words(
+    export_dir: Path,
+) -> None:
+    with _client(export_dir.parent.parent / "skin5-current", model_precision="int8") as client:
+        ready = client.get("/ready")
+
+    assert ready.status_code == 503
+    assert "has no int8 model" in ready.text
