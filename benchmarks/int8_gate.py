@@ -70,6 +70,9 @@ def main(
     calibration_photos: Annotated[int, typer.Option(min=1)] = quantize.CALIBRATION_PHOTOS,
     single_runs: Annotated[int, typer.Option(min=1)] = 60,
     batch_runs: Annotated[int, typer.Option(min=1)] = 5,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated quantize.METHODS (percentile is slow: minutes).")
+    ] = "ort-minmax,nncf",
 ) -> None:
     folder = export_format.resolve_export_dir(export)
     signature = export_format.read_signature(folder)
@@ -99,7 +102,7 @@ def main(
             prepared, signature.output.name, signature.ood.output.name if signature.ood else None
         )
         models = {("fp32", "-"): fp32_path}
-        for method in quantize.METHODS:
+        for method in [m.strip() for m in methods.split(",") if m.strip()]:
             path = work / f"{method}.onnx"
             t0 = time.perf_counter()
             quantize.quantize_onnx(prepared, calibration, signature.input.name, keep, path, method)
