@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from skin_mlops import export_format
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.core.errors import DataError, ServiceUnavailableError
 from skin_mlops.storage import ObjectStore, download_directory, make_object_store
+
+if TYPE_CHECKING:
+    from skin_mlops.metadata import LesionRecord
 
 #: Where a training run logs the photos it was evaluated on.
 VAL_SET_ARTIFACT = "evaluation/val_set.json"
@@ -73,6 +76,20 @@ class ValSet:
             "labels": list(self.labels),
             "photos": [asdict(photo) for photo in self.photos],
         }
+
+    @classmethod
+    def of_records(
+        cls, dataset: str, bucket: str, labels: Sequence[str], records: Sequence[LesionRecord]
+    ) -> ValSet:
+        """The val set of a training run's ``records`` (in their order)."""
+        return cls(
+            dataset=dataset,
+            bucket=bucket,
+            labels=tuple(labels),
+            photos=tuple(
+                ValPhoto(r.sha256, r.label, r.object_key, r.source_path or "") for r in records
+            ),
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValSet:

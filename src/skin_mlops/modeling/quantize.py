@@ -54,6 +54,7 @@ from skin_mlops.runtimes import Engine, Session, engine_available, open_session
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from skin_mlops.core.config import Settings
     from skin_mlops.modeling.features import ImageRef
 
 log = logging.getLogger(__name__)
@@ -418,15 +419,17 @@ def quantize_in_training(
     image_size: int,
     *,
     seed: int,
-    threads: int,
+    settings: Settings,
     console: Console,
 ) -> QuantizeResult:
     """Training's int8 stage (``skin-mlops train --int8``) on the staged export.
 
     Calibrates on :data:`CALIBRATION_PHOTOS` train photos (a seeded sample, the centre
     view through ``preprocess_bytes``: what the server feeds) and gates on the val photos;
-    prints the verdict. The caller logs :meth:`GateReport.as_metrics`.
+    prints the verdict and logs :meth:`GateReport.as_metrics` to the active MLflow run.
     """
+    import mlflow
+
     from skin_mlops.preprocessing import preprocess_bytes
 
     rng = np.random.default_rng(seed)
@@ -438,10 +441,11 @@ def quantize_in_training(
         calibration,
         gate_images,
         y_val,
-        threads=threads,
+        threads=settings.ort_intra_op_threads,
         progress=lambda line: console.print(f"int8: {line}", highlight=False),
     )
     report = result.report
+    mlflow.log_metrics(report.as_metrics())
     figures = (
         f"macro-F1 {report.fp32_macro_f1:.3f} -> {report.int8_macro_f1:.3f}, top-1 agreement "
         f"{report.top1_agreement:.1%} on {report.photos} val photos"

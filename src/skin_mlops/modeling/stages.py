@@ -378,3 +378,63 @@ def log_predictions(
         },
         artifact,
     )
+
+
+def export_signature(
+    backbone: Backbone,
+    labels: Sequence[str],
+    temperature: float,
+    guard: OodGuard | None,
+    metrics: dict[str, float],
+    model_version: str,
+    run_id: str,
+) -> export_format.ModelSignature:
+    """The ``signature.json`` of a training run's export (the model contract in
+    :mod:`skin_mlops.export_format`): float32 ``[N, S, S, 3]`` in, logits out, the guard's
+    score as a second output when there is one."""
+    from skin_mlops import export_format, preprocessing
+    from skin_mlops.modeling import export
+
+    size = backbone.image_size
+    return export_format.ModelSignature(
+        model_version=model_version,
+        run_id=run_id,
+        backbone=backbone.name,
+        backbone_weights_sha256=backbone.weights_sha256,
+        image_size=size,
+        preprocessing_id=preprocessing.PREPROCESSING_ID,
+        labels=list(labels),
+        temperature=temperature,
+        input=export_format.TensorSpec(name=export.INPUT_NAME, shape=[None, size, size, 3]),
+        output=export_format.TensorSpec(name=export.OUTPUT_NAME, shape=[None, len(labels)]),
+        ood=ood_spec(guard),
+        metrics={k: round(v, 6) for k, v in metrics.items()},
+    )
+
+
+def data_params(
+    dataset: str,
+    labels: Sequence[str],
+    train_records: Sequence[LesionRecord],
+    val_records: Sequence[LesionRecord],
+) -> dict[str, object]:
+    """The MLflow params that say what a run trained on: dataset, labels, preprocessing,
+    photo counts per split and per ``count_<split>_<label>``."""
+    from collections import Counter
+
+    from skin_mlops.modeling.data import TRAIN_SPLIT, VAL_SPLIT
+    from skin_mlops.preprocessing import PREPROCESSING_ID
+
+    counts = Counter((r.split, r.label) for r in [*train_records, *val_records])
+    return {
+        "dataset": dataset,
+        "labels": ",".join(labels),
+        "preprocessing_id": PREPROCESSING_ID,
+        "n_train": len(train_records),
+        "n_val": len(val_records),
+        **{
+            f"count_{split}_{label}": counts[(split, label)]
+            for split in (TRAIN_SPLIT, VAL_SPLIT)
+            for label in labels
+        },
+    }

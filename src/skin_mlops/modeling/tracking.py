@@ -8,6 +8,8 @@
 * :func:`mlflow_signature` is the MLflow model signature of the platform's model contract
   (``float32[-1, S, S, 3]`` -> ``float32[-1, K]`` logits). Models are logged with it and
   without ``input_example`` (which trips an MLflow bug with Keras 3 models).
+* :func:`log_export` is training's tracking stage: the staged export's models logged,
+  the ONNX one registered, the folder uploaded to the models bucket.
 MLflow is imported inside the functions: importing this module is cheap.
 """
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from mlflow.models import ModelSignature as MlflowModelSignature
 
     from skin_mlops.core.config import Settings
+    from skin_mlops.storage import ObjectStore
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -174,3 +177,68 @@ def log_params(params: Mapping[str, Any]) -> None:
     import mlflow
 
     mlflow.log_params({key: value for key, value in params.items() if value is not None})
+
+
+def log_export(
+    model: Any,
+    staging: Path,
+    *,
+    with_ood: bool,
+    val_macro_f1: float,
+    settings: Settings,
+    store: ObjectStore,
+    run_id: str,
+    export_version: str,
+) -> tuple[str, str]:
+    """Training's tracking stage: the staged export into the active MLflow run.
+
+    Logs ``signature.json`` and ``class_index.json`` (``export/``), the Keras model
+    (``keras-model``) and the ONNX model (``onnx-model``, with the metadata and the gated
+    int8 twin when there is one as extra files), registers the ONNX model as a new version
+    of ``settings.registered_model_name`` and uploads the export folder to the models
+    bucket (the Airflow gate publishes from there).
+
+    Returns:
+        tuple[str, str]: the registry version and the export's ``s3://`` URI.
+    """
+    import mlflow
+    import mlflow.keras
+    import mlflow.onnx
+    import onnx
+
+    from skin_mlops import export_format
+    from skin_mlops.modeling import export, registry
+
+    signature = export_format.read_signature(staging)
+    mlflow_sig = mlflow_signature(signature.image_size, len(signature.labels), with_ood=with_ood)
+    mlflow.log_artifact(str(staging / export_format.CLASS_INDEX_FILE), "export/data")
+    mlflow.log_artifact(str(staging / export_format.SIGNATURE_FILE), "export/inference")
+    keras_info = mlflow.keras.log_model(
+        model,
+        name="keras-model",
+        signature=mlflow_sig,
+        pip_requirements=pinned_requirements("tensorflow-cpu", "keras"),
+    )
+    extra_files = [
+        staging / export_format.SIGNATURE_FILE,
+        staging / export_format.CLASS_INDEX_FILE,
+        staging / export_format.INT8_MODEL_FILE,  # the gated int8 twin, when it exists
+    ]
+    onnx_info = mlflow.onnx.log_model(
+        onnx.load(str(staging / export_format.ONNX_MODEL_FILE)),
+        name="onnx-model",
+        signature=mlflow_sig,
+        save_as_external_data=False,
+        pip_requirements=pinned_requirements("onnx", "onnxruntime"),
+        extra_files=[str(path) for path in extra_files if path.is_file()],
+    )
+    version = registry.register_version(
+        onnx_info.model_uri,
+        settings.registered_model_name,
+        val_macro_f1,
+        run_id=run_id,
+        tags={"export_version": export_version, "keras_model_uri": keras_info.model_uri},
+    )
+    export_uri = export.upload_export(store, settings.s3_models_bucket, run_id, staging)
+    mlflow.set_tag("export_uri", export_uri)
+    return version, export_uri

@@ -59,7 +59,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,8 +72,6 @@ from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.dataset_config import load_dataset_config
 from skin_mlops.modeling import stages
 from skin_mlops.modeling.data import (
-    TRAIN_SPLIT,
-    VAL_SPLIT,
     dataset_fingerprint,
     load_records,
     prepare_training_data,
@@ -187,7 +184,7 @@ def train_and_track(
     from skin_mlops import export_format
     from skin_mlops.modeling import evaluate, export, registry, tracking
     from skin_mlops.modeling.onnx_backbone import convert_in_child_process
-    from skin_mlops.modeling.promotion import VAL_SET_ARTIFACT, SamePhotoScorer, ValPhoto, ValSet
+    from skin_mlops.modeling.promotion import VAL_SET_ARTIFACT, SamePhotoScorer, ValSet
     from skin_mlops.storage import make_object_store
 
     stages.quiet_libraries()
@@ -227,7 +224,6 @@ def train_and_track(
     train_refs, val_refs = data.refs(train_records), data.refs(val_records)
     y_train, y_val = data.labels_of(train_records), data.labels_of(val_records)
     fingerprint = dataset_fingerprint(train_records + val_records)
-    counts = Counter((r.split, r.label) for r in train_records + val_records)
 
     # the backbone (a missing weights file fails here, before a run is opened)
     with timed(timings, "backbone", peaks):
@@ -240,18 +236,9 @@ def train_and_track(
         export_version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
         params: dict[str, Any] = {
             **options.params(),
-            "dataset": config.dataset,
+            **stages.data_params(config.dataset, labels, train_records, val_records),
             "dataset_fingerprint": fingerprint,
-            "labels": ",".join(labels),
-            "preprocessing_id": preprocessing.PREPROCESSING_ID,
             "git_commit": tracking.git_commit(),
-            "n_train": len(train_records),
-            "n_val": len(val_records),
-            **{
-                f"count_{split}_{label}": counts[(split, label)]
-                for split in (TRAIN_SPLIT, VAL_SPLIT)
-                for label in labels
-            },
         }
         mlflow.set_tags({"stage": "train", "dataset": config.dataset})
         mlflow.log_metrics(
@@ -261,14 +248,7 @@ def train_and_track(
                 "val_leaked_excluded": len(val_found) - len(val_records),
             }
         )
-        val_set = ValSet(
-            dataset=config.dataset,
-            bucket=config.storage.bucket,
-            labels=tuple(labels),
-            photos=tuple(
-                ValPhoto(r.sha256, r.label, r.object_key, r.source_path or "") for r in val_records
-            ),
-        )
+        val_set = ValSet.of_records(config.dataset, config.storage.bucket, labels, val_records)
         mlflow.log_dict(val_set.as_dict(), VAL_SET_ARTIFACT)
         mlflow.log_dict(
             {
@@ -410,22 +390,8 @@ def train_and_track(
             )
             keras_parity_logits, keras_parity_ood = export.keras_outputs(model, parity_pixels)
             stages.check_cache_consistency(keras_parity_logits, val_logits[:PARITY_IMAGES])
-            signature = export_format.ModelSignature(
-                model_version=export_version,
-                run_id=run_id,
-                backbone=backbone.name,
-                backbone_weights_sha256=backbone.weights_sha256,
-                image_size=backbone.image_size,
-                preprocessing_id=preprocessing.PREPROCESSING_ID,
-                labels=labels,
-                temperature=evaluation.temperature,
-                input=export_format.TensorSpec(
-                    name=export.INPUT_NAME,
-                    shape=[None, backbone.image_size, backbone.image_size, 3],
-                ),
-                output=export_format.TensorSpec(name=export.OUTPUT_NAME, shape=[None, len(labels)]),
-                ood=stages.ood_spec(guard),
-                metrics={k: round(v, 6) for k, v in metrics.items()},
+            signature = stages.export_signature(
+                backbone, labels, evaluation.temperature, guard, metrics, export_version, run_id
             )
             staging = export_format.new_version_dir(Path(settings.model_dir), export_version)
             try:
@@ -454,64 +420,33 @@ def train_and_track(
                 "onnx_parity_max_abs_logit_diff": parity.max_abs_logit_diff,
             }
         )
-        if int8:  # 7b. the int8 twin, kept only past its quality gate
+        if int8:  # 7b. the int8 twin, kept only past its quality gate (metrics: int8_*)
             from skin_mlops.modeling.quantize import quantize_in_training
 
             with timed(timings, "int8", peaks):
-                quantized = quantize_in_training(
+                quantize_in_training(
                     staging,
                     train_refs,
                     val_refs,
                     y_val,
                     backbone.image_size,
                     seed=options.seed,
-                    threads=settings.ort_intra_op_threads,
+                    settings=settings,
                     console=console,
                 )
-            mlflow.log_metrics(quantized.report.as_metrics())
 
-        # 8. tracking: models, metadata, registry
+        # 8. tracking: models, metadata, registry; the export uploaded
         with timed(timings, "tracking", peaks):
-            mlflow_signature = tracking.mlflow_signature(
-                backbone.image_size, len(labels), with_ood=guard is not None
-            )
-            mlflow.log_artifact(str(staging / export_format.CLASS_INDEX_FILE), "export/data")
-            mlflow.log_artifact(str(staging / export_format.SIGNATURE_FILE), "export/inference")
-            import mlflow.keras
-            import mlflow.onnx
-            import onnx
-
-            keras_info = mlflow.keras.log_model(
+            registered, export_uri = tracking.log_export(
                 model,
-                name="keras-model",
-                signature=mlflow_signature,
-                pip_requirements=tracking.pinned_requirements("tensorflow-cpu", "keras"),
-            )
-            int8_files = [
-                str(path) for path in [staging / export_format.INT8_MODEL_FILE] if path.is_file()
-            ]
-            onnx_info = mlflow.onnx.log_model(
-                onnx.load(str(staging / export_format.ONNX_MODEL_FILE)),
-                name="onnx-model",
-                signature=mlflow_signature,
-                save_as_external_data=False,
-                pip_requirements=tracking.pinned_requirements("onnx", "onnxruntime"),
-                extra_files=[
-                    str(staging / export_format.SIGNATURE_FILE),
-                    str(staging / export_format.CLASS_INDEX_FILE),
-                    *int8_files,  # the gated int8 twin travels with the registered version
-                ],
-            )
-            registered = registry.register_version(
-                onnx_info.model_uri,
-                settings.registered_model_name,
-                evaluation.report.macro_f1,
+                staging,
+                with_ood=guard is not None,
+                val_macro_f1=evaluation.report.macro_f1,
+                settings=settings,
+                store=store,
                 run_id=run_id,
-                tags={"export_version": export_version, "keras_model_uri": keras_info.model_uri},
+                export_version=export_version,
             )
-            # every export is uploaded (the Airflow gate publishes from there)
-            export_uri = export.upload_export(store, settings.s3_models_bucket, run_id, staging)
-            mlflow.set_tag("export_uri", export_uri)
 
         # 9. promotion: the champion re-scored on these val photos; a new champion published
         with timed(timings, "promotion", peaks):
