@@ -35,11 +35,10 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DERMNET, OUT, val_photos  # noqa: E402
+from serve_common import OUT, int8_photos  # noqa: E402
 
 from skin_mlops import export_format  # noqa: E402
 from skin_mlops.modeling import quantize  # noqa: E402
-from skin_mlops.preprocessing import preprocess_bytes  # noqa: E402
 from skin_mlops.runtimes import ENGINES, open_session  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lite0-288-fp32.onnx"
@@ -76,22 +75,14 @@ def main(
 ) -> None:
     folder = export_format.resolve_export_dir(export)
     signature = export_format.read_signature(folder)
-    index = {label: i for i, label in enumerate(signature.labels)}
-    train = sorted((DERMNET / "train").glob("*/*.jpg"))
-    picked = sorted(
-        np.random.default_rng(0).choice(len(train), min(calibration_photos, len(train)), False)
+    calibration, images, labels = int8_photos(
+        signature.labels, signature.image_size, calibration_photos
     )
-    calibration = np.stack(
-        [preprocess_bytes(train[i].read_bytes(), signature.image_size) for i in picked]
-    )
-    vals = val_photos()
-    images = np.stack([preprocess_bytes(p.read_bytes(), signature.image_size) for p in vals])
-    labels = np.array([index[p.parent.name] for p in vals])
     fp32_path = folder / export_format.ONNX_MODEL_FILE
     fp32 = quantize.predict(open_session(fp32_path, "onnxruntime", 2), signature, images)
     console.print(
         f"model {folder.name} ({signature.backbone}, {signature.image_size} px); "
-        f"{len(calibration)} calibration photos, {len(vals)} val photos; "
+        f"{len(calibration)} calibration photos, {len(images)} val photos; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     )
     rows = []

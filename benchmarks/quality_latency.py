@@ -42,7 +42,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_benchmark import measure, multipart_sender, summarize  # noqa: E402
-from serve_common import DERMNET, OUT, free_port, start_server, val_photos  # noqa: E402
+from serve_common import OUT, free_port, int8_photos, start_server, val_photos  # noqa: E402
 
 from skin_mlops import export_format  # noqa: E402
 from skin_mlops.modeling import quantize  # noqa: E402
@@ -87,16 +87,9 @@ def int8_copy(export: Path, workdir: Path, calibration_photos: int) -> tuple[Pat
     """A copy of ``export`` with its int8 twin, whatever the gate says; ``(link, gate)``."""
     folder = export_format.resolve_export_dir(export)
     signature = export_format.read_signature(folder)
-    index = {label: i for i, label in enumerate(signature.labels)}
-    train = sorted((DERMNET / "train").glob("*/*.jpg"))
-    picked = sorted(
-        np.random.default_rng(0).choice(len(train), min(calibration_photos, len(train)), False)
+    calibration, images, labels = int8_photos(
+        signature.labels, signature.image_size, calibration_photos
     )
-    size = signature.image_size
-    calibration = np.stack([preprocess_bytes(train[i].read_bytes(), size) for i in picked])
-    photos = val_photos()
-    images = np.stack([preprocess_bytes(p.read_bytes(), size) for p in photos])
-    labels = np.array([index[p.parent.name] for p in photos])
     link = workdir / "runs" / "skin5-current"
     staging = export_format.new_version_dir(link, signature.model_version)
     shutil.copytree(folder, staging, dirs_exist_ok=True)

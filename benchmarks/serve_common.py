@@ -267,3 +267,21 @@ async def run_load(
         await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
         result.elapsed_s = time.perf_counter() - start
     return result
+
+
+def int8_photos(labels: list[str], size: int, calibration_photos: int) -> tuple:
+    """What the int8 stage is given, from dermnet5: ``(calibration, val images, val label
+    indices)``, float32 ``[N, size, size, 3]`` through ``preprocess_bytes``; calibration is
+    a seeded sample of ``calibration_photos`` train photos (as ``quantize_in_training``)."""
+    import numpy as np
+
+    from skin_mlops.preprocessing import preprocess_bytes
+
+    index = {label: i for i, label in enumerate(labels)}
+    train = sorted((DERMNET / "train").glob("*/*.jpg"))
+    count = min(calibration_photos, len(train))
+    picked = sorted(np.random.default_rng(0).choice(len(train), count, replace=False))
+    calibration = np.stack([preprocess_bytes(train[i].read_bytes(), size) for i in picked])
+    photos = val_photos()
+    images = np.stack([preprocess_bytes(p.read_bytes(), size) for p in photos])
+    return calibration, images, np.array([index[p.parent.name] for p in photos])

@@ -8,7 +8,7 @@ Layout (stable; see ``docs/architecture.md``)::
                                (and ood_score, the out-of-distribution guard's distance)
     model/model.onnx           the same graph via tf2onnx (served by ONNX Runtime)
     model/model.int8.onnx      optional: its int8 twin, present only when it passed the
-                               quality gate (served by OpenVINO; signature ``int8``)
+                               quality gate (signature ``int8``)
 
 ``runs/skin5-current`` is a *symlink* to ``runs/skin5/<model_version>/``. A new export is
 written to a fresh version folder, checked, flushed to disk, then the link is swapped with
@@ -80,7 +80,7 @@ class Int8Spec(BaseModel):
 
     file: str = str(INT8_MODEL_FILE)
     method: str = "ort-minmax"
-    engine: str = "openvino"
+    engine: str = "onnxruntime"
     calibration_photos: int = Field(ge=1)
     float_nodes: int = Field(ge=0)
     gate_photos: int = Field(ge=1)

@@ -2,9 +2,11 @@
 
 * ``onnxruntime`` - :func:`ort_session_options` tuned for a small CPU box; runs the fp32
   ``model/model.onnx`` everywhere (the reference every other path is checked against);
-* ``openvino`` - Intel's runtime, which reads the same ONNX files; on this CPU it runs the
-  int8 model (``model/model.int8.onnx``, :mod:`skin_mlops.modeling.quantize`) about twice
-  as fast as ONNX Runtime runs fp32, because its int8 kernels use AVX-512 VNNI.
+* ``openvino`` - Intel's runtime, which reads the same ONNX files. On this 2-core CPU it
+  is no faster than ONNX Runtime for the fp32 model (15.5 vs 13.8 ms per image) and it runs
+  NNCF's int8 QDQ graph wrongly (81 of 129 val predictions changed where ONNX Runtime
+  changes 14: ``docs/serving_performance.md``), so nothing chooses it by default; an int8
+  model is served on the engine its quality gate ran on (``signature.int8.engine``).
 
 Both are opened by :func:`open_session` and answer the same three calls the API and the
 int8 quality gate use: ``run(output_names, {input_name: batch})``, ``get_inputs()`` and

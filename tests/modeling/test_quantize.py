@@ -230,3 +230,52 @@ def test_asking_for_int8_when_the_export_has_none_is_refused_in_plain_words(
 
     assert ready.status_code == 503
     assert "has no int8 model" in ready.text
+
+
+def _publish_with_int8_spec(link: Path, guarded: GuardedTinyModel, file: str) -> None:
+    spec = export_format.Int8Spec(
+        file=file,
+        calibration_photos=1,
+        float_nodes=0,
+        gate_photos=1,
+        fp32_macro_f1=1.0,
+        int8_macro_f1=1.0,
+        top1_agreement=1.0,
+    )
+    publish_tiny_export(link, guarded.model, "v-bad", int8=spec, **guarded.signature_overrides())
+
+
+@pytest.mark.parametrize(
+    ("file", "reason"),
+    [
+        ("../../../etc/passwd", "is outside the export"),
+        ("model/missing.int8.onnx", "is missing from"),
+    ],
+)
+def test_an_int8_spec_that_points_nowhere_safe_is_refused(
+    tmp_path: Path, guarded: GuardedTinyModel, file: str, reason: str
+) -> None:
+    link = tmp_path / "runs" / "skin5-current"
+    _publish_with_int8_spec(link, guarded, file)
+
+    with _client(link) as client:
+        ready = client.get("/ready")
+
+    assert ready.status_code == 503
+    assert reason in ready.text
+
+
+def test_a_corrupt_int8_file_is_refused_in_one_line(
+    tmp_path: Path, guarded: GuardedTinyModel
+) -> None:
+    link = tmp_path / "runs" / "skin5-current"
+    _publish_with_int8_spec(link, guarded, str(export_format.INT8_MODEL_FILE))
+    folder = export_format.resolve_export_dir(link)
+    (folder / export_format.INT8_MODEL_FILE).write_bytes(b"not an onnx model")
+
+    with _client(link) as client:
+        ready = client.get("/ready")
+
+    assert ready.status_code == 503
+    assert "ONNX Runtime cannot load" in ready.text
+    assert "Traceback" not in ready.text

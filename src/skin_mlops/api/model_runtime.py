@@ -9,8 +9,8 @@ asked for a cheap *key* (which version is current?) every ``MODEL_POLL_SECONDS``
 1. read (``signature.json`` + ``class_index.json`` must agree, the preprocessing id must be
    the one this server runs, the output must be logits);
 2. opened - the fp32 ``model/model.onnx`` on ONNX Runtime, or its int8 twin
-   ``model/model.int8.onnx`` on OpenVINO (``MODEL_PRECISION``, default ``auto``: int8 when
-   the export has one and OpenVINO is installed; see :mod:`skin_mlops.runtimes`) - and
+   ``model/model.int8.onnx`` on the engine its quality gate ran on (``MODEL_PRECISION``,
+   default ``auto``: int8 when the export has one; see :mod:`skin_mlops.runtimes`) - and
    checked: input/output names and shapes as the signature says;
 3. warmed up: a batch of 1 and a batch of ``MAX_BATCH_SIZE`` run, outputs finite, and a
    row's result does not depend on its batch;
@@ -151,7 +151,8 @@ def choose_model(
     """``(file in the export, precision, engine)`` that ``MODEL_PRECISION`` asks for.
 
     Raises:
-        ModelRefusedError: int8 asked for, but the export has none or OpenVINO is missing.
+        ModelRefusedError: int8 asked for, but the export has none or its engine is
+            missing; a signature whose int8 file lies outside the export.
     """
     wanted = settings.model_precision
     if wanted == "fp32":
@@ -163,6 +164,9 @@ def choose_model(
                 "(it did not pass the quality gate, or was trained with --no-int8)"
             )
         return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+    int8_file = Path(signature.int8.file)
+    if int8_file.is_absolute() or ".." in int8_file.parts:
+        raise ModelRefusedError(f"signature int8 file {int8_file} is outside the export")
     engine: Engine = "openvino" if signature.int8.engine == "openvino" else "onnxruntime"
     if not engine_available(engine):
         if wanted == "int8":
@@ -173,7 +177,7 @@ def choose_model(
             engine,
         )
         return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
-    return Path(signature.int8.file), "int8", engine
+    return int8_file, "int8", engine
 
 
 def _check_spec(kind: str, expected: export_format.TensorSpec, actual: Any) -> None:

@@ -100,9 +100,9 @@ class Settings(BaseSettings):
     # ONNX Runtime's CPU memory arena: holds the largest batch's activations for good
     # (+~60 MiB at MAX_BATCH_SIZE 8, Lite0 288 px) for no latency gain measured here.
     ort_memory_arena: bool = False
-    # Which of the export's models serves: int8 (model/model.int8.onnx on OpenVINO, present
-    # only when it passed training's quality gate), fp32 (model/model.onnx on ONNX
-    # Runtime), or auto: int8 when the export has one and OpenVINO is installed.
+    # Which of the export's models serves: int8 (model/model.int8.onnx, present only when it
+    # passed training's quality gate, on the engine that gate ran on), fp32 (model/model.onnx
+    # on ONNX Runtime), or auto: int8 when the export has one.
     model_precision: Literal["auto", "int8", "fp32"] = "auto"
     # Server-Timing header on every answer (each stage's ms: read, parse, decode, model,
     # json...; see skin_mlops.api.timing). The api_stage_seconds histogram is always on.

@@ -1,36 +1,36 @@
 """The int8 model: post-training quantization of the export, shipped only past a quality gate.
 
-One stage, called by training after the export (``skin-mlops train``, ``--int8`` on by
-default) and by ``skin-mlops quantize`` for an export that exists already:
+One stage, called by training after the export when asked (``skin-mlops train --int8``):
 
 1. **prepare** - ``model/model.onnx`` with each opset domain imported once (tf2onnx and the
    head's merge both import ``ai.onnx``) and ONNX Runtime's ``quant_pre_process``
    (symbolic shapes; batch norms folded into the convolutions: without it the quantized
    model loses ~40 of 129 val predictions);
-2. **quantize** - NNCF's post-training quantization (``nncf.quantize``: QDQ, per-channel
-   int8 weights, uint8 activations, ranges from ``calibration`` train photos through
-   :func:`skin_mlops.preprocessing.preprocess_bytes`, then the full *bias correction*,
-   which re-centres every layer's int8 output on its float mean). Only the backbone is
-   quantized: the classifier head and the out-of-distribution guard (everything after the
-   pooled features' ``Concat``) stay float32, so the guard's distances and the
-   temperature-calibrated logits keep their scale;
-3. **gate** - the candidate on the engine that serves int8 (OpenVINO, whose VNNI kernels
-   make it fast) against fp32 on ONNX Runtime, on the held-out ``gate`` photos (training
-   passes the val photos): shipped only when its macro-F1 drops by at most
-   :data:`F1_DROP_MAX` (0.005), its top-1 agrees with fp32 on at least
+2. **quantize** the backbone only: the classifier head and the out-of-distribution guard
+   (everything after the pooled features' ``Concat``) stay float32, so the guard's
+   distances and the temperature-calibrated logits keep their scale. :data:`METHODS`:
+   ``ort-minmax`` (the default) / ``ort-percentile`` - ONNX Runtime's ``quantize_static``
+   (QDQ, per-channel int8 weights, uint8 activations); ``nncf`` - NNCF's post-training
+   quantization with the full bias correction. Ranges come from ``calibration`` train
+   photos through :func:`skin_mlops.preprocessing.preprocess_bytes`;
+3. **gate** - the candidate on ``engine`` (ONNX Runtime by default: the one that runs
+   these QDQ graphs fastest here) against fp32 on ONNX Runtime, on the held-out ``gate``
+   photos (training passes the val photos): shipped only when its macro-F1 drops by at
+   most :data:`F1_DROP_MAX` (0.005), its top-1 agrees with fp32 on at least
    :data:`AGREEMENT_MIN` (99 %) of the photos and the guard's in/out verdict on as many.
    A candidate that fails writes nothing: the export stays fp32-only and the reasons are
    returned (and logged to MLflow by training).
 
-Measured on dermnet5 (Lite0, 288 px, 2 cores): ONNX Runtime's own ``quantize_static``
-(MinMax or percentile ranges, no bias correction) loses 2-10 of 129 val predictions; NNCF
-with bias correction loses 0-1 (``benchmarks/int8_quantization.py``,
-``docs/serving_performance.md``).
+Measured on dermnet5 (Lite0, 288 px, 2 cores; ``benchmarks/int8_gate.py``,
+``docs/serving_performance.md``): on the default model of 2026-12-03 every method fails
+the gate (ONNX Runtime MinMax 20 of 129 val predictions changed, NNCF 14, and NNCF's graph
+on OpenVINO 81), on an earlier model of the same recipe ONNX Runtime MinMax lost 2. int8 on
+ONNX Runtime is ~1.2x faster for one image and ~1.4x for a batch of 32.
 
 The result is ``model/model.int8.onnx`` beside the fp32 model and an ``int8`` block in
 ``signature.json`` (:class:`skin_mlops.export_format.Int8Spec`) with the gate's figures; the
-API serves it when ``MODEL_PRECISION`` allows (``auto``: int8 when the export has one and
-OpenVINO is installed). ``nncf``, ``onnx`` and the engines are imported inside functions.
+API serves it on the same engine when ``MODEL_PRECISION`` allows (``auto``: int8 when the
+export has one). ``nncf``, ``onnx`` and the engines are imported inside functions.
 """
 
 from __future__ import annotations
@@ -361,8 +361,7 @@ def quantize_export(
 
     On success ``model/model.int8.onnx`` is written and ``signature.json`` rewritten with
     its :class:`~skin_mlops.export_format.Int8Spec`; on refusal nothing in ``folder``
-    changes. ``folder`` must not be serving yet (training passes its staging folder;
-    ``skin-mlops quantize`` a fresh copy that it publishes).
+    changes. ``folder`` must not be serving yet (training passes its staging folder).
 
     Raises:
         DataError: no calibration or gate photos, or the engine is missing.
