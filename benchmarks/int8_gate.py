@@ -1,7 +1,8 @@
 """The product's int8 stage on the real model: every method on both engines, through its gate.
 
 ``skin_mlops.modeling.quantize`` (what ``skin-mlops train --int8`` runs) quantizes the
-export with each of its methods (``ort-minmax``, ``ort-percentile``, ``nncf``), calibrated
+export with each of its methods (``ort-minmax``, ``ort-minmax-7bit``, ``ort-minmax-u8u8``,
+``ort-percentile``, ``nncf``), calibrated
 on ``--calibration-photos`` dermnet5 train photos (seeded sample, ``preprocess_bytes``:
 what the server feeds), and scores the candidate on the 129 val photos on ONNX Runtime and
 on OpenVINO against fp32 on ONNX Runtime with the same gate the stage applies
@@ -39,7 +40,7 @@ from serve_common import OUT, int8_photos  # noqa: E402
 
 from skin_mlops import export_format  # noqa: E402
 from skin_mlops.modeling import quantize  # noqa: E402
-from skin_mlops.runtimes import ENGINES, open_session  # noqa: E402
+from skin_mlops.runtimes import ENGINES, cpu_int8_arithmetic, open_session  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lite0-288-fp32.onnx"
 console = Console(width=160)
@@ -71,7 +72,8 @@ def main(
     batch_runs: Annotated[int, typer.Option(min=1)] = 5,
     methods: Annotated[
         str, typer.Option(help="Comma-separated quantize.METHODS (percentile is slow: minutes).")
-    ] = "ort-minmax,nncf",
+    ] = "ort-minmax,ort-minmax-7bit,nncf",
+    engines: Annotated[str, typer.Option(help="Comma-separated engines.")] = ",".join(ENGINES),
 ) -> None:
     folder = export_format.resolve_export_dir(export)
     signature = export_format.read_signature(folder)
@@ -83,7 +85,8 @@ def main(
     console.print(
         f"model {folder.name} ({signature.backbone}, {signature.image_size} px); "
         f"{len(calibration)} calibration photos, {len(images)} val photos; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; int8 "
+        f"arithmetic of this CPU: {cpu_int8_arithmetic()} (saturating: x86 without VNNI)"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +103,7 @@ def main(
             console.print(f"{method}: quantized in {time.perf_counter() - t0:.0f} s")
             models[("int8", method)] = path
         for (precision, method), path in models.items():
-            for engine in ENGINES:
+            for engine in [e.strip() for e in engines.split(",") if e.strip()]:
                 session = open_session(path, engine, 2)
                 report = quantize.gate(
                     signature, labels, fp32, quantize.predict(session, signature, images)
@@ -121,6 +124,7 @@ def main(
                         "p50_ms": p50,
                         "photos_per_s_b32": rate,
                         "mb": path.stat().st_size / 1e6,
+                        "cpu_int8_arithmetic": cpu_int8_arithmetic(),
                     }
                 )
         if REFERENCE.is_file():

@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
@@ -88,6 +89,20 @@ class Int8Spec(BaseModel):
     int8_macro_f1: float
     top1_agreement: float = Field(ge=0, le=1)
     guard_agreement: float | None = None
+    # "int8": full-range int8 weights (fastest; ONNX Runtime's uint8 x int8 kernels
+    # saturate on x86 CPUs without VNNI), "int8-7bit" (reduce_range) or "uint8": exact on
+    # every CPU. ``gated_on``: the int8 arithmetic of the CPU the gate ran on
+    # (:func:`skin_mlops.runtimes.cpu_int8_arithmetic`; None: not recorded).
+    weights: Literal["int8", "int8-7bit", "uint8"] = "int8"
+    gated_on: Literal["exact", "saturating"] | None = None
+
+    def safe_on(self, arithmetic: Literal["exact", "saturating"]) -> bool:
+        """Whether a CPU with this int8 arithmetic computes what the gate measured.
+
+        Only full-range int8 weights on a saturating CPU differ, unless the gate itself
+        ran on such a CPU (then what it measured is what that CPU computes).
+        """
+        return self.weights != "int8" or arithmetic == "exact" or self.gated_on == "saturating"
 
 
 class ModelSignature(BaseModel):

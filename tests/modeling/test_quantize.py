@@ -241,6 +241,7 @@ def _publish_with_int8_spec(link: Path, guarded: GuardedTinyModel, file: str) ->
         fp32_macro_f1=1.0,
         int8_macro_f1=1.0,
         top1_agreement=1.0,
+        weights="int8-7bit",  # safe on every CPU: these tests are about the file
     )
     publish_tiny_export(link, guarded.model, "v-bad", int8=spec, **guarded.signature_overrides())
 
@@ -279,3 +280,124 @@ def test_a_corrupt_int8_file_is_refused_in_one_line(
     assert ready.status_code == 503
     assert "ONNX Runtime cannot load" in ready.text
     assert "Traceback" not in ready.text
+
+
+# ------------------------------------------------------- int8 arithmetic of the CPU
+
+
+_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "machine", "expected"),
+    [
+        (_AVX2, "x86_64", "saturating"),  # vpmaddubsw: int16 pair sums saturate
+        (_AVX2.replace("avx2", "avx2 avx512bw avx512_vnni"), "x86_64", "exact"),
+        (_AVX2.replace("avx2", "avx2 avx_vnni"), "x86_64", "exact"),
+        (_AVX2.replace("avx2", "avx2 amx_int8"), "x86_64", "exact"),
+        ("processor\t: 0\n", "x86_64", "saturating"),  # flags unreadable: the safe answer
+        ("Features\t: fp asimd asimddp\n", "aarch64", "exact"),
+    ],
+)
+def test_the_cpu_int8_arithmetic_is_read_from_its_flags(
+    cpuinfo: str, machine: str, expected: str
+) -> None:
+    from skin_mlops.runtimes import cpu_int8_arithmetic
+
+    assert cpu_int8_arithmetic(cpuinfo, machine) == expected
+
+
+def _spec(weights: str, gated_on: str | None) -> export_format.Int8Spec:
+    return export_format.Int8Spec(
+        calibration_photos=1,
+        float_nodes=0,
+        gate_photos=1,
+        fp32_macro_f1=1.0,
+        int8_macro_f1=1.0,
+        top1_agreement=1.0,
+        weights=weights,  # type: ignore[arg-type]
+        gated_on=gated_on,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("weights", "gated_on", "here", "safe"),
+    [
+        ("int8", "exact", "saturating", False),  # gated on VNNI, served without: refused
+        ("int8", None, "saturating", False),  # not recorded: refused
+        ("int8", "saturating", "saturating", True),  # the gate measured this arithmetic
+        ("int8", "exact", "exact", True),
+        ("int8", "saturating", "exact", True),  # exact is closer to fp32 than what passed
+        ("int8-7bit", "exact", "saturating", True),  # 7-bit weights never saturate
+        ("uint8", "exact", "saturating", True),
+    ],
+)
+def test_an_int8_model_is_safe_only_where_the_cpu_computes_what_its_gate_measured(
+    weights: str, gated_on: str | None, here: str, safe: bool, guarded: GuardedTinyModel
+) -> None:
+    from skin_mlops.api.model_runtime import ModelRefusedError, choose_model
+
+    spec = _spec(weights, gated_on)
+    signature = _signature(guarded).model_copy(update={"int8": spec})
+
+    assert spec.safe_on(here) is safe  # type: ignore[arg-type]
+    auto = choose_model(signature, make_settings(Path("x")), here)  # type: ignore[arg-type]
+    assert auto[1] == ("int8" if safe else "fp32")
+    forced = make_settings(Path("x"), model_precision="int8")
+    if safe:
+        assert choose_model(signature, forced, here)[1] == "int8"  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ModelRefusedError, match="saturate on this CPU"):
+            choose_model(signature, forced, here)  # type: ignore[arg-type]
+
+
+def test_the_shipped_spec_records_its_weights_and_the_cpu_it_was_gated_on(
+    export_dir: Path,
+) -> None:
+    from skin_mlops.runtimes import cpu_int8_arithmetic
+
+    calibration, _ = _photos(8, seed=1)
+    gate_images, gate_labels = _photos(20, seed=2)
+
+    result = quantize.quantize_export(
+        export_dir, calibration, gate_images, gate_labels, method="ort-minmax-7bit"
+    )
+
+    assert result.report.passed, result.report.reasons
+    spec = export_format.read_signature(export_dir).int8
+    assert spec is not None and spec.method == "ort-minmax-7bit"
+    assert (spec.weights, spec.gated_on) == ("int8-7bit", cpu_int8_arithmetic())
+
+
+def test_the_api_serves_fp32_when_this_cpu_would_saturate_a_model_gated_elsewhere(
+    int8_link: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU is the one thing a test cannot choose: it is stubbed to one without VNNI."""
+    from skin_mlops.api import model_runtime
+
+    folder = int8_link.resolve()
+    signature = export_format.read_signature(folder)
+    assert signature.int8 is not None and signature.int8.weights == "int8"
+    export_format.write_metadata(
+        folder,
+        signature.model_copy(
+            update={"int8": signature.int8.model_copy(update={"gated_on": "exact"})}
+        ),
+    )
+    monkeypatch.setattr(model_runtime, "cpu_int8_arithmetic", lambda: "saturating")
+
+    with _client(int8_link) as client:
+        info = client.get("/model").json()
+    with _client(int8_link, model_precision="int8") as client:
+        ready = client.get("/ready")
+
+    assert (info["precision"], info["engine"]) == ("fp32", "onnxruntime")
+    assert ready.status_code == 503 and "saturate on this CPU" in ready.text
+
+
+def test_an_unknown_int8_method_is_refused_before_training() -> None:
+    from skin_mlops.core.errors import ConfigError
+
+    assert quantize.check_method("ort-minmax-7bit") == "ort-minmax-7bit"
+    with pytest.raises(ConfigError, match="not one of"):
+        quantize.check_method("fp16")

@@ -47,7 +47,14 @@ from skin_mlops.api.redact import redact_text
 from skin_mlops.core.config import Settings
 from skin_mlops.core.errors import ServiceUnavailableError, SkinMlopsError
 from skin_mlops.preprocessing import PREPROCESSING_ID
-from skin_mlops.runtimes import Engine, Session, engine_available, open_session
+from skin_mlops.runtimes import (
+    Engine,
+    Int8Arithmetic,
+    Session,
+    cpu_int8_arithmetic,
+    engine_available,
+    open_session,
+)
 from skin_mlops.runtimes import ort_session_options as session_options
 
 if TYPE_CHECKING:
@@ -146,13 +153,21 @@ class LoadedModel:
 
 
 def choose_model(
-    signature: export_format.ModelSignature, settings: Settings
+    signature: export_format.ModelSignature,
+    settings: Settings,
+    arithmetic: Int8Arithmetic | None = None,
 ) -> tuple[Path, str, Engine]:
     """``(file in the export, precision, engine)`` that ``MODEL_PRECISION`` asks for.
 
+    An int8 twin whose full-range weights would saturate on this CPU (no VNNI:
+    :func:`skin_mlops.runtimes.cpu_int8_arithmetic`, ``arithmetic`` when given) while its
+    gate ran on an exact one is not what the gate measured (on dermnet5 such a model
+    changed 20 of 129 predictions): ``auto`` serves fp32 instead, ``int8`` is refused.
+
     Raises:
-        ModelRefusedError: int8 asked for, but the export has none or its engine is
-            missing; a signature whose int8 file lies outside the export.
+        ModelRefusedError: int8 asked for, but the export has none, its engine is
+            missing or this CPU would not compute what its gate measured; a signature
+            whose int8 file lies outside the export.
     """
     wanted = settings.model_precision
     if wanted == "fp32":
@@ -176,6 +191,15 @@ def choose_model(
             signature.model_version,
             engine,
         )
+        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+    if not signature.int8.safe_on(arithmetic or cpu_int8_arithmetic()):
+        why = (
+            f"model {signature.model_version}'s int8 weights saturate on this CPU (x86 without "
+            "VNNI) and its quality gate ran on a CPU that computes them exactly"
+        )
+        if wanted == "int8":
+            raise ModelRefusedError(f"MODEL_PRECISION=int8, but {why}; serve fp32 here")
+        log.warning("%s: serving fp32", why)
         return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
     return int8_file, "int8", engine
 

@@ -42,14 +42,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from skin_mlops import export_format
-from skin_mlops.core.errors import DataError
+from skin_mlops.core.errors import ConfigError, DataError
 from skin_mlops.modeling.evaluate import macro_f1
-from skin_mlops.runtimes import Engine, Session, engine_available, open_session
+from skin_mlops.runtimes import (
+    Engine,
+    Session,
+    cpu_int8_arithmetic,
+    engine_available,
+    open_session,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,7 +68,17 @@ log = logging.getLogger(__name__)
 F1_DROP_MAX = 0.005
 AGREEMENT_MIN = 0.99
 CALIBRATION_PHOTOS = 300
-METHODS = ("ort-minmax", "ort-percentile", "nncf")
+# ONNX Runtime's static QDQ recipes: (calibration, weight type, 7-bit weights). The weights
+# as Int8Spec.weights names them: full-range int8 is fastest but ONNX Runtime's uint8 x int8
+# kernels saturate on x86 CPUs without VNNI (runtimes.cpu_int8_arithmetic); 7-bit weights
+# (reduce_range) and uint8 weights are exact on every CPU (uint8: ~7x slower than fp32 here).
+ORT_RECIPES: dict[str, tuple[str, str, bool]] = {
+    "ort-minmax": ("minmax", "int8", False),
+    "ort-minmax-7bit": ("minmax", "int8", True),
+    "ort-minmax-u8u8": ("minmax", "uint8", False),
+    "ort-percentile": ("percentile", "int8", False),
+}
+METHODS = (*ORT_RECIPES, "nncf")
 DEFAULT_METHOD = "ort-minmax"
 DEFAULT_ENGINE: Engine = "onnxruntime"
 _BATCH = 32
@@ -216,10 +232,10 @@ def quantize_onnx(
 ) -> None:
     """Quantize ``prepared`` into ``output`` with :data:`METHODS` ``method``.
 
-    ``ort-minmax`` / ``ort-percentile``: ONNX Runtime's ``quantize_static`` (QDQ,
-    per-channel int8 weights, uint8 activations, ranges calibrated in chunks of photos so
-    that memory does not grow with their number). ``nncf``: NNCF's post-training
-    quantization with the full bias correction.
+    :data:`ORT_RECIPES`: ONNX Runtime's ``quantize_static`` (QDQ, per-channel weights,
+    uint8 activations, ranges calibrated in chunks of photos so that memory does not grow
+    with their number). ``nncf``: NNCF's post-training quantization with the full bias
+    correction.
     """
     import onnx
 
@@ -266,6 +282,7 @@ def quantize_onnx(
             self._next += 1
             return {input_name: calibration[self._next - 1 : self._next]}
 
+    calibrate, weights, seven_bit = ORT_RECIPES[method]
     chunk = max(d for d in range(1, 11) if len(calibration) % d == 0)
     quantize_static(
         str(prepared),
@@ -273,14 +290,34 @@ def quantize_onnx(
         Photos(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
+        reduce_range=seven_bit,
         activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
         calibrate_method=(
-            CalibrationMethod.MinMax if method == "ort-minmax" else CalibrationMethod.Percentile
+            CalibrationMethod.MinMax if calibrate == "minmax" else CalibrationMethod.Percentile
         ),
         nodes_to_exclude=keep_float,
-        extra_options={"CalibStridedMinMax": chunk} if method == "ort-minmax" else {},
+        extra_options={"CalibStridedMinMax": chunk} if calibrate == "minmax" else {},
     )
+
+
+def check_method(method: str) -> str:
+    """``method`` when it is one of :data:`METHODS`.
+
+    Raises:
+        ConfigError: it is not (said before training starts, not after).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"--int8-method {method!r} is not one of {', '.join(METHODS)}")
+    return method
+
+
+def weights_of(method: str) -> Literal["int8", "int8-7bit", "uint8"]:
+    """:attr:`~skin_mlops.export_format.Int8Spec.weights` of ``method``'s model."""
+    _calibrate, weights, seven_bit = ORT_RECIPES.get(method, ("", "int8", False))  # NNCF: int8
+    if seven_bit:
+        return "int8-7bit"
+    return "uint8" if weights == "uint8" else "int8"
 
 
 # ------------------------------------------------------------------------------ gate
@@ -388,6 +425,12 @@ def quantize_export(
         fp32_out = predict(open_session(fp32_path, "onnxruntime", threads), signature, gate_images)
         int8_out = predict(open_session(candidate, engine, threads), signature, gate_images)
         report = gate(signature, gate_labels, fp32_out, int8_out)
+        arithmetic = cpu_int8_arithmetic()
+        if not report.passed and arithmetic == "saturating" and weights_of(method) == "int8":
+            report.reasons.append(
+                "this CPU has no VNNI, so ONNX Runtime's uint8 x int8 kernels saturate "
+                "(7-bit weights, --int8-method ort-minmax-7bit, avoid it; a VNNI CPU is exact)"
+            )
         if not report.passed:
             return QuantizeResult(report, None, time.perf_counter() - started)
         target = folder / export_format.INT8_MODEL_FILE
@@ -405,6 +448,8 @@ def quantize_export(
         guard_agreement=(
             None if report.guard_agreement is None else round(report.guard_agreement, 6)
         ),
+        weights=weights_of(method),
+        gated_on=arithmetic if engine == "onnxruntime" else None,
     )
     export_format.write_metadata(folder, signature.model_copy(update={"int8": spec}))
     return QuantizeResult(report, spec, time.perf_counter() - started)
@@ -420,6 +465,7 @@ def quantize_in_training(
     seed: int,
     settings: Settings,
     console: Console,
+    method: str = DEFAULT_METHOD,
 ) -> QuantizeResult:
     """Training's int8 stage (``skin-mlops train --int8``) on the staged export.
 
@@ -441,6 +487,7 @@ def quantize_in_training(
         gate_images,
         y_val,
         threads=settings.ort_intra_op_threads,
+        method=method,
         progress=lambda line: console.print(f"int8: {line}", highlight=False),
     )
     report = result.report

@@ -152,6 +152,7 @@ def train_and_track(
     promote: bool = True,
     min_delta: float | None = None,
     int8: bool = False,
+    int8_method: str = "ort-minmax",
 ) -> TrainingResult:
     """Train, evaluate, export, track and publish one model (see the module docstring).
 
@@ -174,6 +175,7 @@ def train_and_track(
             ``settings.promotion_min_delta``).
         int8 (bool): also quantize the export to int8, shipped beside fp32 only past the
             quality gate (:mod:`skin_mlops.modeling.quantize`).
+        int8_method (str): its :data:`~skin_mlops.modeling.quantize.METHODS` method.
 
     Returns:
         TrainingResult: run id, registry decision, metrics, export location, timings.
@@ -433,6 +435,7 @@ def train_and_track(
                     seed=options.seed,
                     settings=settings,
                     console=console,
+                    method=int8_method,
                 )
 
         # 8. tracking: models, metadata, registry; the export uploaded

@@ -125,6 +125,14 @@ def train_command(
             "most 0.005 and its top-1 agrees with fp32 on 99 % of val (+~1 min).",
         ),
     ] = False,
+    int8_method: Annotated[
+        str,
+        typer.Option(
+            help="With --int8: ort-minmax (full-range int8 weights: fastest, but exact only on "
+            "CPUs with VNNI), ort-minmax-7bit (exact on every CPU), ort-minmax-u8u8, "
+            "ort-percentile or nncf.",
+        ),
+    ] = "ort-minmax",
     promotion_min_delta: Annotated[
         float | None,
         typer.Option(
@@ -156,6 +164,10 @@ def train_command(
         keep_leaked_val=keep_leaked_val,
         ood_pass_rate=ood_pass_rate,
     )
+    if int8:
+        from skin_mlops.modeling.quantize import check_method
+
+        check_method(int8_method)
     settings = get_settings()
     console = Console()
     config_path = dataset_config or settings.dataset_config
@@ -166,5 +178,6 @@ def train_command(
         console=console,
         min_delta=promotion_min_delta,
         int8=int8,
+        int8_method=int8_method,
     )
     _print_summary(result, load_dataset_config(config_path).labels, console)
