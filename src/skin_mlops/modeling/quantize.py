@@ -9,8 +9,9 @@ One stage, called by training after the export when asked (``skin-mlops train --
 2. **quantize** the backbone only: the classifier head and the out-of-distribution guard
    (everything after the pooled features' ``Concat``) stay float32, so the guard's
    distances and the temperature-calibrated logits keep their scale. :data:`METHODS`:
-   ``ort-minmax`` (the default) / ``ort-percentile`` - ONNX Runtime's ``quantize_static``
-   (QDQ, per-channel int8 weights, uint8 activations); ``nncf`` - NNCF's post-training
+   ``ort-minmax`` (the default) / ``ort-minmax-7bit`` / ``ort-minmax-u8u8`` /
+   ``ort-percentile`` - ONNX Runtime's ``quantize_static`` (QDQ, per-channel weights,
+   uint8 activations; :data:`ORT_RECIPES`); ``nncf`` - NNCF's post-training
    quantization with the full bias correction. Ranges come from ``calibration`` train
    photos through :func:`skin_mlops.preprocessing.preprocess_bytes`;
 3. **gate** - the candidate on ``engine`` (ONNX Runtime by default: the one that runs
@@ -22,10 +23,13 @@ One stage, called by training after the export when asked (``skin-mlops train --
    returned (and logged to MLflow by training).
 
 Measured on dermnet5 (Lite0, 288 px, 2 cores; ``benchmarks/int8_gate.py``,
-``docs/serving_performance.md``): on the default model of 2026-12-03 every method fails
-the gate (ONNX Runtime MinMax 20 of 129 val predictions changed, NNCF 14, and NNCF's graph
-on OpenVINO 81), on an earlier model of the same recipe ONNX Runtime MinMax lost 2. int8 on
-ONNX Runtime is ~1.2x faster for one image and ~1.4x for a batch of 32.
+``docs/serving_performance.md``): every method fails the gate on an AVX2 CPU without VNNI,
+where ONNX Runtime's uint8 x int8 kernels saturate (full-range int8 weights: 20 of 129 val
+predictions changed; 7-bit weights: 9; uint8 weights, exact but ~7x slower than fp32: 2,
+and 4 guard verdicts). int8 there is ~1.4x faster for one image and ~2x for a batch of 32.
+The spec records the weights and the CPU arithmetic the gate ran on
+(:func:`skin_mlops.runtimes.cpu_int8_arithmetic`), and the API will not serve full-range
+int8 weights on a saturating CPU when they were gated on an exact one.
 
 The result is ``model/model.int8.onnx`` beside the fp32 model and an ``int8`` block in
 ``signature.json`` (:class:`skin_mlops.export_format.Int8Spec`) with the gate's figures; the
