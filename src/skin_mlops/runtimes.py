@@ -80,7 +80,8 @@ def cpu_int8_arithmetic(cpuinfo: str | None = None, machine: str | None = None) 
     quantization guide says so and recommends 7-bit weights (``reduce_range``) there.
     Measured on dermnet5 (Lite0 288 px, 129 val photos, an AVX2-only EPYC): full-range
     int8 weights changed 20 top-1 predictions, the same graph with uint8 weights (exact
-    arithmetic, but ~7x slower than fp32) 2, 7-bit weights 9.
+    arithmetic, but ~7x slower than fp32) 2, 7-bit weights 9; OpenVINO's CPU plugin gave
+    25 / 3 / 8, so the answer is used for both engines.
 
     ``exact``: VNNI/AMX (32-bit accumulation) or any other architecture (ARM's dot
     products accumulate in 32 bits too). An x86 CPU whose flags cannot be read counts as

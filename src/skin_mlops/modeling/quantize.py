@@ -453,7 +453,7 @@ def quantize_export(
             None if report.guard_agreement is None else round(report.guard_agreement, 6)
         ),
         weights=weights_of(method),
-        gated_on=arithmetic if engine == "onnxruntime" else None,
+        gated_on=arithmetic,
     )
     export_format.write_metadata(folder, signature.model_copy(update={"int8": spec}))
     return QuantizeResult(report, spec, time.perf_counter() - started)
