@@ -401,3 +401,62 @@ def test_an_unknown_int8_method_is_refused_before_training() -> None:
     assert quantize.check_method("ort-minmax-7bit") == "ort-minmax-7bit"
     with pytest.raises(ConfigError, match="not one of"):
         quantize.check_method("fp16")
+
+
+def test_the_training_stage_gates_on_val_and_logs_its_figures_to_mlflow(
+    export_dir: Path, tmp_path: Path, mlflow_db_template: Path
+) -> None:
+    """``quantize_in_training`` (what ``train --int8`` calls) on photos given as bytes,
+    against a real MLflow store: the verdict is printed, metrics and tags are logged."""
+    import io
+    import shutil
+
+    import mlflow
+    from rich.console import Console
+
+    from skin_mlops.modeling.features import ImageRef
+    from skin_mlops.runtimes import cpu_int8_arithmetic
+
+    rng = np.random.default_rng(4)
+
+    def refs(n_per_label: int) -> tuple[list[ImageRef], np.ndarray]:
+        out, labels = [], []
+        for index, label in enumerate(COLOURS):
+            for i in range(n_per_label):
+                accent = tuple(int(v) for v in rng.integers(0, 256, 3))
+                data = encode(two_tone(label, accent=accent))  # type: ignore[arg-type]
+                out.append(ImageRef(f"{label}-{i}", lambda data=data: data))
+                labels.append(index)
+        return out, np.array(labels)
+
+    train_refs, _ = refs(3)
+    val_refs, y_val = refs(20)
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(mlflow_db_template, db)
+    printed = io.StringIO()
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    try:
+        with mlflow.start_run() as run:
+            result = quantize.quantize_in_training(
+                export_dir,
+                train_refs,
+                val_refs,
+                y_val,
+                IMAGE_SIZE,
+                seed=0,
+                settings=make_settings(export_dir),
+                console=Console(file=printed, width=200),
+                method="ort-minmax-7bit",
+            )
+        logged = mlflow.MlflowClient().get_run(run.info.run_id).data
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    assert result.report.passed, result.report.reasons
+    assert result.report.photos == len(val_refs)
+    assert "int8 model shipped beside fp32" in printed.getvalue()
+    assert logged.metrics["int8_gate_passed"] == 1.0
+    assert logged.metrics["int8_gate_photos"] == len(val_refs)
+    assert logged.tags["int8_method"] == "ort-minmax-7bit"
+    assert logged.tags["int8_cpu_arithmetic"] == cpu_int8_arithmetic()

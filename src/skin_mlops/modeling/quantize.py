@@ -496,6 +496,7 @@ def quantize_in_training(
     )
     report = result.report
     mlflow.log_metrics(report.as_metrics())
+    mlflow.set_tags({"int8_method": method, "int8_cpu_arithmetic": cpu_int8_arithmetic()})
     figures = (
         f"macro-F1 {report.fp32_macro_f1:.3f} -> {report.int8_macro_f1:.3f}, top-1 agreement "
         f"{report.top1_agreement:.1%} on {report.photos} val photos"
