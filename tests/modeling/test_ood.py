@@ -91,6 +91,30 @@ def test_the_threshold_passes_the_target_share_of_new_in_distribution_photos() -
     assert np.mean(guard.in_distribution(fresh[:, 0])) == pytest.approx(0.95, abs=0.03)
 
 
+def test_a_guard_fitted_with_int8_noise_keeps_its_verdicts_when_that_noise_is_added() -> None:
+    """``train --int8``: the residuals' second moment joins the covariance, so adding such
+    residuals to a photo's features changes fewer verdicts (and no noise changes nothing)."""
+    features, labels = _clusters(300, views=2)
+    rng = np.random.default_rng(3)
+    # int8-like errors: large along a few directions the classes barely vary in
+    directions = np.linalg.qr(rng.normal(size=(DIM, DIM)))[0][:, :3]
+    residuals = (rng.normal(0, 2.0, (200, 3)) @ directions.T).astype(np.float32)
+    fresh, _ = _clusters(600, seed=12)
+    noisy = fresh[:, 0] + residuals[rng.integers(0, len(residuals), len(fresh))]
+
+    def verdicts_kept(guard: ood.OodGuard) -> float:
+        return float(np.mean(guard.in_distribution(fresh[:, 0]) == guard.in_distribution(noisy)))
+
+    plain = ood.fit_guard(features, labels, CLASSES, seed=1)
+    aware = ood.fit_guard(features, labels, CLASSES, seed=1, noise=residuals)
+    silent = ood.fit_guard(features, labels, CLASSES, seed=1, noise=np.zeros((5, DIM)))
+
+    assert verdicts_kept(aware) > verdicts_kept(plain) + 0.05
+    assert aware.heldout_pass_rate == pytest.approx(0.95, abs=0.01)  # still chosen on folds
+    np.testing.assert_allclose(silent.fit.projection, plain.fit.projection, rtol=1e-6)
+    assert silent.threshold == pytest.approx(plain.threshold, rel=1e-6)
+
+
 def test_features_unlike_every_class_are_flagged() -> None:
     features, labels = _clusters(200)
     guard = ood.fit_guard(features, labels, CLASSES)

@@ -460,3 +460,28 @@ def test_the_training_stage_gates_on_val_and_logs_its_figures_to_mlflow(
     assert logged.metrics["int8_gate_photos"] == len(val_refs)
     assert logged.tags["int8_method"] == "ort-minmax-7bit"
     assert logged.tags["int8_cpu_arithmetic"] == cpu_int8_arithmetic()
+
+
+def test_feature_residuals_are_the_int8_backbones_errors_on_the_calibration_photos(
+    tmp_path: Path, tiny_backbone
+) -> None:
+    """The frozen backbone alone quantized like the export's: ``[N, D]`` residuals, small
+    next to the features, not zero, and the same twice (MinMax calibration is exact)."""
+    from skin_mlops.modeling import onnx_backbone
+    from skin_mlops.modeling.features import FeatureSpace
+
+    path = onnx_backbone.ensure_backbone_onnx(
+        tiny_backbone, FeatureSpace.of(tiny_backbone).key, tmp_path
+    )
+    assert path is not None
+    size = tiny_backbone.image_size
+    photos = np.random.default_rng(5).uniform(0, 255, (12, size, size, 3)).astype(np.float32)
+
+    residuals = quantize.feature_residuals(path, photos, "ort-minmax-7bit", threads=1)
+
+    features = onnx_backbone.onnx_feature_function(path)(photos)
+    assert residuals.shape == features.shape and residuals.dtype == np.float32
+    assert 0 < np.abs(residuals).max() < 0.5 * np.abs(features).max()
+    np.testing.assert_array_equal(
+        residuals, quantize.feature_residuals(path, photos, "ort-minmax-7bit", threads=1)
+    )

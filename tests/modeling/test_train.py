@@ -738,3 +738,37 @@ def test_a_feature_dead_in_training_cannot_blow_up_the_logits() -> None:
     probe[0, 3] = 5.0  # active at val time
     normalised = head.get_layer("feature_norm_0")(probe).numpy()
     assert np.abs(normalised).max() < 100  # 1e-12 floor: ~5e6
+
+
+def test_int8_training_teaches_the_head_the_int8_backbone_s_errors_and_gates_the_twin(
+    tmp_path, colour_dataset_factory, settings_factory, backbone_factory
+) -> None:
+    """``train --int8``: residuals of the int8 backbone are measured before the head is
+    trained and the guard fitted (param ``int8_aware_training``), the twin is gated on
+    val, and the export holds it exactly when the gate passed."""
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 4, "val": 3})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+
+    result = run_training(
+        dataset.config_path,
+        settings=settings,
+        options=dataclasses.replace(STRONG, epochs=4),
+        backbone=backbone_factory(),
+        show_progress=False,
+        int8=True,
+        int8_method="ort-minmax-7bit",
+    )
+
+    run = _client(settings).get_run(result.run_id).data
+    assert run.params["int8_aware_training"] == "True"
+    assert run.params["int8_residual_photos"] == str(4 * len(dataset.labels))
+    assert run.tags["int8_method"] == "ort-minmax-7bit"
+    assert run.metrics["int8_gate_photos"] == 3 * len(dataset.labels)
+    assert result.timings["int8_residuals"] > 0 and result.timings["int8"] > 0
+    signature = export_format.read_signature(settings.model_dir)
+    shipped = run.metrics["int8_gate_passed"] == 1.0
+    assert (signature.int8 is not None) is shipped
+    assert (
+        export_format.resolve_export_dir(settings.model_dir) / export_format.INT8_MODEL_FILE
+    ).is_file() is shipped

@@ -134,8 +134,14 @@ def fit_mahalanobis(
     labels: np.ndarray,
     num_classes: int,
     rows: np.ndarray | None = None,
+    noise: np.ndarray | None = None,
 ) -> MahalanobisFit:
     """Class means and the shared (Ledoit-Wolf shrunk) covariance of ``features``.
+
+    ``noise`` ``[R, D]`` (int8 feature residuals, ``train --int8``): their second moment is
+    added to the covariance, the covariance of ``features + noise`` when the noise is
+    independent of them, so that the distance moves little when the int8 backbone's
+    errors are added to a photo's features.
 
     The projection is ``W = L^-T`` for the Cholesky factor ``S = L L^T`` (so ``W W^T =
     S^-1``): a triangular solve, not an eigendecomposition. The sums are accumulated in
@@ -178,6 +184,9 @@ def fit_mahalanobis(
         beta_sum += float(np.sum(np.einsum("ij,ij->i", x, x) ** 2))
     n = int(counts.sum())
     covariance, _ = _ledoit_wolf(scatter / n, beta_sum, n)
+    if noise is not None:
+        residuals = np.asarray(noise, np.float64).reshape(-1, dim)
+        covariance += residuals.T @ residuals / len(residuals)
     # a floor under the diagonal keeps a degenerate (e.g. constant) feature invertible
     covariance.flat[:: covariance.shape[0] + 1] += max(np.trace(covariance), 1e-12) * 1e-9
     lower = cholesky(covariance, lower=True)
@@ -195,8 +204,12 @@ def fit_guard(
     pass_rate: float = DEFAULT_PASS_RATE,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    noise: np.ndarray | None = None,
 ) -> OodGuard:
     """Fit the guard on the training photos and choose its threshold on held-out folds.
+
+    ``noise``: int8 feature residuals, for a guard whose verdicts the int8 model keeps
+    (:func:`fit_mahalanobis`); the threshold is chosen with the same covariance.
 
     Args:
         features (np.ndarray): ``float32[N, V, D]`` pooled features of ``V`` views per
@@ -225,11 +238,11 @@ def fit_guard(
     heldout = np.empty(len(labels), np.float32)
     splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     for fit_rows, held_rows in splitter.split(np.zeros(len(labels)), labels):
-        fold_fit = fit_mahalanobis(features, labels, num_classes, rows=fit_rows)
+        fold_fit = fit_mahalanobis(features, labels, num_classes, rows=fit_rows, noise=noise)
         heldout[held_rows] = fold_fit.scores(features[held_rows, 0])
     threshold = float(np.quantile(heldout, pass_rate))
     return OodGuard(
-        fit=fit_mahalanobis(features, labels, num_classes),
+        fit=fit_mahalanobis(features, labels, num_classes, noise=noise),
         threshold=threshold,
         pass_rate=pass_rate,
         heldout_pass_rate=float(np.mean(heldout <= threshold)),

@@ -459,6 +459,43 @@ def quantize_export(
     return QuantizeResult(report, spec, time.perf_counter() - started)
 
 
+def calibration_photos(train_refs: Sequence[ImageRef], image_size: int, seed: int) -> np.ndarray:
+    """:data:`CALIBRATION_PHOTOS` train photos (a seeded sample), the centre view through
+    ``preprocess_bytes``: what the server feeds."""
+    from skin_mlops.preprocessing import preprocess_bytes
+
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(train_refs), min(CALIBRATION_PHOTOS, len(train_refs)), False))
+    return np.stack([preprocess_bytes(train_refs[i].load(), image_size) for i in picked])
+
+
+def feature_residuals(
+    backbone_onnx: Path, calibration: np.ndarray, method: str = DEFAULT_METHOD, threads: int = 2
+) -> np.ndarray:
+    """int8 minus fp32 pooled features ``[N, D]`` of ``calibration`` photos.
+
+    The frozen backbone alone (``backbone_onnx``, the feature extractor training uses) is
+    quantized with ``method`` on the same photos as the export will be, everything up to
+    its pooled-features ``Concat`` - the same nodes the export quantizes - so these are
+    the errors the int8 model's head will see. Training adds them to the head's samples
+    (:func:`skin_mlops.modeling.heads.feature_dataset`).
+    """
+    with tempfile.TemporaryDirectory(prefix="skin-int8-features-") as tmp:
+        work = Path(tmp)
+        prepared = prepare_model(backbone_onnx, work)
+        fp32 = open_session(prepared, "onnxruntime", threads)
+        input_name, output = fp32.get_inputs()[0].name, fp32.get_outputs()[0].name
+        keep = float_nodes(prepared, output, None)
+        quantize_onnx(prepared, calibration, input_name, keep, work / "int8.onnx", method)
+        int8 = open_session(work / "int8.onnx", "onnxruntime", threads)
+        residuals = [
+            np.asarray(int8.run([output], {input_name: batch})[0])
+            - np.asarray(fp32.run([output], {input_name: batch})[0])
+            for batch in (calibration[i : i + _BATCH] for i in range(0, len(calibration), _BATCH))
+        ]
+    return np.concatenate(residuals).astype(np.float32)
+
+
 def quantize_in_training(
     staging: Path,
     train_refs: Sequence[ImageRef],
@@ -470,20 +507,20 @@ def quantize_in_training(
     settings: Settings,
     console: Console,
     method: str = DEFAULT_METHOD,
+    calibration: np.ndarray | None = None,
 ) -> QuantizeResult:
     """Training's int8 stage (``skin-mlops train --int8``) on the staged export.
 
-    Calibrates on :data:`CALIBRATION_PHOTOS` train photos (a seeded sample, the centre
-    view through ``preprocess_bytes``: what the server feeds) and gates on the val photos;
-    prints the verdict and logs :meth:`GateReport.as_metrics` to the active MLflow run.
+    Calibrates on ``calibration`` (default :func:`calibration_photos`) and gates on the val
+    photos; prints the verdict and logs :meth:`GateReport.as_metrics` to the active MLflow
+    run.
     """
     import mlflow
 
     from skin_mlops.preprocessing import preprocess_bytes
 
-    rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(len(train_refs), min(CALIBRATION_PHOTOS, len(train_refs)), False))
-    calibration = np.stack([preprocess_bytes(train_refs[i].load(), image_size) for i in picked])
+    if calibration is None:
+        calibration = calibration_photos(train_refs, image_size, seed)
     gate_images = np.stack([preprocess_bytes(ref.load(), image_size) for ref in val_refs])
     result = quantize_export(
         staging,

@@ -274,16 +274,23 @@ def fit_ood_guard(
     num_classes: int,
     options: TrainingOptions,
     console: Console,
+    noise: np.ndarray | None = None,
 ) -> OodGuard | None:
     """The out-of-distribution guard (:mod:`skin_mlops.modeling.ood`), or None (with a
-    yellow line) when some class has too few training photos to hold any out."""
+    yellow line) when some class has too few training photos to hold any out.
+    ``noise``: int8 feature residuals (``train --int8``: :func:`ood.fit_mahalanobis`)."""
     import mlflow
 
     from skin_mlops.modeling import ood
 
     try:
         guard = ood.fit_guard(
-            features, labels, num_classes, pass_rate=options.ood_pass_rate, seed=options.seed
+            features,
+            labels,
+            num_classes,
+            pass_rate=options.ood_pass_rate,
+            seed=options.seed,
+            noise=noise,
         )
     except DataError as exc:
         console.print(f"no out-of-distribution guard: {exc}", style="yellow", highlight=False)

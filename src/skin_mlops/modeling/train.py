@@ -70,7 +70,7 @@ from rich.console import Console
 from skin_mlops import preprocessing
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.dataset_config import load_dataset_config
-from skin_mlops.modeling import stages
+from skin_mlops.modeling import quantize, stages
 from skin_mlops.modeling.data import (
     dataset_fingerprint,
     load_records,
@@ -289,7 +289,17 @@ def train_and_track(
         if split:
             mlflow.log_param("fine_tune_cut", split.cut)
 
-        # 4. head(s) on cached features
+        # 4. head(s) on cached features; with --int8 also on the int8 backbone's errors
+        calibration = residuals = None
+        if int8 and backbone_onnx and not split:
+            with timed(timings, "int8_residuals", peaks):
+                calibration = quantize.calibration_photos(
+                    train_refs, backbone.image_size, options.seed
+                )
+                residuals = quantize.feature_residuals(
+                    backbone_onnx, calibration, int8_method, settings.ort_intra_op_threads
+                )
+            mlflow.log_params({"int8_aware_training": True, "int8_residual_photos": len(residuals)})
         with timed(timings, "head_training", peaks):
             heads, history = train_heads(
                 train_features,
@@ -299,6 +309,7 @@ def train_and_track(
                 len(labels),
                 options,
                 progress,
+                residuals,
             )
         # 5. optional fine-tuning of the backbone's top, on the cached activation maps
         if split:
@@ -340,7 +351,9 @@ def train_and_track(
                 guard_val = pool_maps(split.top, val_table.features[:, :1], split.map_shape)[:, 0]
             else:
                 guard_train, guard_val = train_features, val_features[:, 0]
-            guard = stages.fit_ood_guard(guard_train, y_train, len(labels), options, console)
+            guard = stages.fit_ood_guard(
+                guard_train, y_train, len(labels), options, console, residuals
+            )
             del guard_train
         model = export.compose_model(
             backbone.model, heads, backbone.image_size, tta_views=options.tta_views, guard=guard
@@ -423,10 +436,8 @@ def train_and_track(
             }
         )
         if int8:  # 7b. the int8 twin, kept only past its quality gate (metrics: int8_*)
-            from skin_mlops.modeling.quantize import quantize_in_training
-
             with timed(timings, "int8", peaks):
-                quantize_in_training(
+                quantize.quantize_in_training(
                     staging,
                     train_refs,
                     val_refs,
@@ -436,6 +447,7 @@ def train_and_track(
                     settings=settings,
                     console=console,
                     method=int8_method,
+                    calibration=calibration,
                 )
 
         # 8. tracking: models, metadata, registry; the export uploaded
