@@ -89,6 +89,8 @@ class Int8Spec(BaseModel):
     int8_macro_f1: float
     top1_agreement: float = Field(ge=0, le=1)
     guard_agreement: float | None = None
+    fp32_ms_per_photo: float | None = None  # the gate's timing (batches of 32, one process)
+    int8_ms_per_photo: float | None = None
     # "int8": full-range int8 weights (fastest; ONNX Runtime's uint8 x int8 kernels
     # saturate on x86 CPUs without VNNI), "int8-7bit" (reduce_range) or "uint8": exact on
     # every CPU. ``gated_on``: the int8 arithmetic of the CPU the gate ran on

@@ -111,6 +111,9 @@ class GateReport:
     guard_agreement: float | None
     max_abs_prob_diff: float
     reasons: list[str] = field(default_factory=list)
+    # milliseconds per gate photo (batches of 32, the same process, one after the other)
+    fp32_ms_per_photo: float | None = None
+    int8_ms_per_photo: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -134,6 +137,9 @@ class GateReport:
             "int8_top1_disagreements": float(self.top1_disagreements),
             "int8_max_abs_prob_diff": self.max_abs_prob_diff,
         }
+        if self.fp32_ms_per_photo is not None and self.int8_ms_per_photo is not None:
+            metrics["int8_fp32_ms_per_photo"] = self.fp32_ms_per_photo
+            metrics["int8_ms_per_photo"] = self.int8_ms_per_photo
         if self.guard_agreement is not None:
             metrics["int8_guard_agreement"] = self.guard_agreement
         return metrics
@@ -341,6 +347,24 @@ def predict(
     return np.concatenate(logits), (np.concatenate(scores) if scores else None)
 
 
+def speed_reason(fp32_ms: float, int8_ms: float) -> str | None:
+    """Why a candidate slower than fp32 is refused (None: it is not slower). uint8 weights
+    on ONNX Runtime, for one, are exact but ~7x slower than fp32 here."""
+    if int8_ms <= fp32_ms:
+        return None
+    return f"int8 is slower than fp32 here ({int8_ms:.1f} vs {fp32_ms:.1f} ms per photo)"
+
+
+def _timed_predict(
+    session: Session, signature: export_format.ModelSignature, images: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray | None], float]:
+    """:func:`predict` and its milliseconds per photo (after one warm-up batch)."""
+    predict(session, signature, images[:_BATCH])
+    started = time.perf_counter()
+    outputs = predict(session, signature, images)
+    return outputs, (time.perf_counter() - started) * 1000 / len(images)
+
+
 def gate(
     signature: export_format.ModelSignature,
     labels: np.ndarray,
@@ -397,12 +421,15 @@ def quantize_export(
     method: str = DEFAULT_METHOD,
     engine: Engine = DEFAULT_ENGINE,
     progress: Callable[[str], None] | None = None,
+    require_faster: bool = True,
 ) -> QuantizeResult:
     """Quantize the export in ``folder``, gate it, and on success add it to the folder.
 
     On success ``model/model.int8.onnx`` is written and ``signature.json`` rewritten with
     its :class:`~skin_mlops.export_format.Int8Spec`; on refusal nothing in ``folder``
     changes. ``folder`` must not be serving yet (training passes its staging folder).
+    With ``require_faster`` (the default) a candidate slower than fp32 on the gate photos
+    is refused too: ``MODEL_PRECISION=auto`` would otherwise serve the slower model.
 
     Raises:
         DataError: no calibration or gate photos, or the engine is missing.
@@ -426,9 +453,15 @@ def quantize_export(
         candidate = work / "model.int8.onnx"
         quantize_onnx(prepared, calibration, signature.input.name, keep, candidate, method)
         say(f"gating on {len(gate_images)} photos: int8 on {engine} against fp32")
-        fp32_out = predict(open_session(fp32_path, "onnxruntime", threads), signature, gate_images)
-        int8_out = predict(open_session(candidate, engine, threads), signature, gate_images)
+        fp32_session = open_session(fp32_path, "onnxruntime", threads)
+        fp32_out, fp32_ms = _timed_predict(fp32_session, signature, gate_images)
+        int8_session = open_session(candidate, engine, threads)
+        int8_out, int8_ms = _timed_predict(int8_session, signature, gate_images)
         report = gate(signature, gate_labels, fp32_out, int8_out)
+        report.fp32_ms_per_photo, report.int8_ms_per_photo = fp32_ms, int8_ms
+        slower = speed_reason(fp32_ms, int8_ms) if require_faster else None
+        if slower:
+            report.reasons.append(slower)
         arithmetic = cpu_int8_arithmetic()
         if not report.passed and arithmetic == "saturating" and weights_of(method) == "int8":
             report.reasons.append(
@@ -452,6 +485,8 @@ def quantize_export(
         guard_agreement=(
             None if report.guard_agreement is None else round(report.guard_agreement, 6)
         ),
+        fp32_ms_per_photo=round(fp32_ms, 3),
+        int8_ms_per_photo=round(int8_ms, 3),
         weights=weights_of(method),
         gated_on=arithmetic,
     )
@@ -508,6 +543,7 @@ def quantize_in_training(
     console: Console,
     method: str = DEFAULT_METHOD,
     calibration: np.ndarray | None = None,
+    require_faster: bool = True,
 ) -> QuantizeResult:
     """Training's int8 stage (``skin-mlops train --int8``) on the staged export.
 
@@ -529,6 +565,7 @@ def quantize_in_training(
         y_val,
         threads=settings.ort_intra_op_threads,
         method=method,
+        require_faster=require_faster,
         progress=lambda line: console.print(f"int8: {line}", highlight=False),
     )
     report = result.report
