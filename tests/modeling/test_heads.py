@@ -37,28 +37,3 @@ def test_the_order_is_the_seeded_shuffle_of_the_rows() -> None:
     np.testing.assert_array_equal(x, again)
     plain, _ = _epoch(feature_dataset(features, labels, 4, 8, shuffle=False, seed=11))
     np.testing.assert_array_equal(plain, features.reshape(80, 3))
-
-
-def test_int8_residuals_are_added_to_about_half_of_the_samples_seeded() -> None:
-    """``train --int8``: each sample gets either nothing or one whole row of the residual
-    bank added; about half get one; the same seed gives the same draws."""
-    features = np.random.default_rng(1).normal(size=(100, 2, 3)).astype(np.float32)
-    labels = np.arange(100) % 4
-    bank = np.array([[1000.0, 0, 0], [0, 2000.0, 0], [0, 0, 3000.0]], np.float32)
-
-    plain, y_plain = _epoch(feature_dataset(features, labels, 4, 16, shuffle=False, seed=3))
-    x, y = _epoch(feature_dataset(features, labels, 4, 16, shuffle=False, seed=3, residuals=bank))
-    again, _ = _epoch(
-        feature_dataset(features, labels, 4, 16, shuffle=False, seed=3, residuals=bank)
-    )
-
-    added = np.rint(x - plain)
-    drawn = [
-        next(i for i, row in enumerate([np.zeros(3), *bank]) if np.array_equal(a, row))
-        for a in added
-    ]  # StopIteration: something other than one bank row was added
-    with_residual = np.count_nonzero(drawn)
-    assert 0.35 * len(x) < with_residual < 0.65 * len(x)
-    assert len(set(drawn) - {0}) == 3  # every residual gets drawn
-    np.testing.assert_array_equal(x, again)
-    np.testing.assert_array_equal(y, y_plain)  # labels untouched

@@ -740,12 +740,12 @@ def test_a_feature_dead_in_training_cannot_blow_up_the_logits() -> None:
     assert np.abs(normalised).max() < 100  # 1e-12 floor: ~5e6
 
 
-def test_int8_training_teaches_the_head_the_int8_backbone_s_errors_and_gates_the_twin(
+def test_int8_training_fits_the_guard_on_the_int8_backbone_s_errors_and_gates_the_twin(
     tmp_path, colour_dataset_factory, settings_factory, backbone_factory
 ) -> None:
-    """``train --int8``: residuals of the int8 backbone are measured before the head is
-    trained and the guard fitted (param ``int8_aware_training``), the twin is gated on
-    val, and the export holds it exactly when the gate passed."""
+    """``train --int8``: residuals of the int8 backbone are measured before the guard is
+    fitted (param ``int8_aware_guard``), the twin is gated on val, and the export holds it
+    exactly when the gate passed."""
     dataset = colour_dataset_factory(tmp_path, per_label={"train": 4, "val": 3})
     settings = settings_factory(tmp_path)
     run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
@@ -761,7 +761,7 @@ def test_int8_training_teaches_the_head_the_int8_backbone_s_errors_and_gates_the
     )
 
     run = _client(settings).get_run(result.run_id).data
-    assert run.params["int8_aware_training"] == "True"
+    assert run.params["int8_aware_guard"] == "True"
     assert run.params["int8_residual_photos"] == str(4 * len(dataset.labels))
     assert run.tags["int8_method"] == "ort-minmax-7bit"
     assert run.metrics["int8_gate_photos"] == 3 * len(dataset.labels)

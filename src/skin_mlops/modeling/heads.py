@@ -170,10 +170,6 @@ def total_steps(n_samples: int, batch_size: int, epochs: int) -> int:
     return epochs * -(-n_samples // batch_size)
 
 
-# With int8 residuals (``train --int8``): the share of each batch's samples that get one.
-RESIDUAL_SHARE = 0.5
-
-
 def feature_dataset(
     features: np.ndarray,
     labels: np.ndarray,
@@ -182,7 +178,6 @@ def feature_dataset(
     *,
     shuffle: bool,
     seed: int,
-    residuals: np.ndarray | None = None,
 ) -> Any:
     """A ``tf.data`` pipeline over cached features ``[N, V, D]`` (every view is a sample),
     one-hot labels.
@@ -190,11 +185,6 @@ def feature_dataset(
     The features go into TensorFlow once; what is shuffled is the row *indices* and each
     batch is gathered from them, so memory holds one copy of the features, not a second
     one in a full-size shuffle buffer (the same seeded order as shuffling the rows).
-
-    ``residuals`` ``[R, D]`` (int8 minus fp32 features of some photos:
-    :func:`skin_mlops.modeling.quantize.feature_residuals`): each sample gets a randomly
-    drawn one added with probability :data:`RESIDUAL_SHARE`, seeded per batch, so the head
-    learns to give the same answer on the int8 backbone's features.
     """
     import tensorflow as tf
 
@@ -204,28 +194,11 @@ def feature_dataset(
     dataset = tf.data.Dataset.range(n * views)
     if shuffle:
         dataset = dataset.shuffle(n * views, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if residuals is None:
-        dataset = dataset.map(
-            lambda rows: (tf.gather(x, rows), tf.gather(y, rows)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    else:
-        bank = tf.constant(np.asarray(residuals, np.float32).reshape(-1, dim))
-        size = int(bank.shape[0])
-
-        def with_residuals(step: Any, rows: Any) -> tuple[Any, Any]:
-            count = tf.shape(rows)[:1]
-            key = tf.stack([tf.constant(seed, tf.int64), step])
-            drawn = tf.random.stateless_uniform(count, key, 0, size, dtype=tf.int64)
-            share = tf.random.stateless_uniform(tf.concat([count, [1]], 0), key + 1)
-            noise = tf.cast(share < RESIDUAL_SHARE, tf.float32) * tf.gather(bank, drawn)
-            return tf.gather(x, rows) + noise, tf.gather(y, rows)
-
-        dataset = dataset.enumerate().map(
-            with_residuals, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+    dataset = dataset.batch(batch_size).map(
+        lambda rows: (tf.gather(x, rows), tf.gather(y, rows)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -238,12 +211,10 @@ def train_head(
     options: TrainingOptions,
     progress: Progress,
     member: int = 0,
-    residuals: np.ndarray | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train one head on cached features; return it and its per-epoch history.
 
     MLflow per-epoch names: ``epoch_*`` for the first member, ``head<i>_epoch_*`` else.
-    ``residuals``: int8 feature residuals added to training samples (:func:`feature_dataset`).
     """
     head = build_head(train_features, num_classes, options, member)
     n_samples = train_features.shape[0] * train_features.shape[1]
@@ -264,7 +235,6 @@ def train_head(
             options.batch_size,
             shuffle=True,
             seed=options.seed + member,
-            residuals=residuals,
         ),
         validation_data=feature_dataset(
             val_features, val_labels, num_classes, 256, shuffle=False, seed=options.seed
@@ -290,12 +260,10 @@ def train_heads(
     num_classes: int,
     options: TrainingOptions,
     progress: Progress,
-    residuals: np.ndarray | None = None,
 ) -> tuple[list[keras.Model], dict[str, list[float]]]:
     """Train ``options.heads`` heads (an ensemble averaged in the exported graph).
 
     Returns the heads and the first head's history (the others are logged to MLflow).
-    ``residuals``: int8 feature residuals (:func:`feature_dataset`), for ``train --int8``.
     """
     heads, histories = [], []
     for member in range(options.heads):
@@ -308,7 +276,6 @@ def train_heads(
             options,
             progress,
             member,
-            residuals,
         )
         heads.append(head)
         histories.append(history)
