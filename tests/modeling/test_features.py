@@ -85,6 +85,33 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert FeatureStore(tmp_path).load(replace(space, image_size=64)) == {}
 
 
+def test_fill_copies_only_the_wanted_vectors_of_the_right_width(tmp_path: Path) -> None:
+    """What extraction reads from the cache: the asked photos x views, into one array."""
+    store = FeatureStore(tmp_path)
+    space = FeatureSpace("bb", "", "0" * 64, 3, "prep", 32)
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    store.put(
+        space,
+        [
+            (a, CENTER_VIEW, np.array([1, 2, 3], np.float32)),
+            (a, "aug1.1", np.array([4, 5, 6], np.float32)),
+            (b, CENTER_VIEW, np.array([7, 8, 9], np.float32)),
+            (c, CENTER_VIEW, np.array([0, 0, 0], np.float32)),  # not asked for
+            (b, "aug1.1", np.array([1, 1], np.float32)),  # another width: missing
+        ],
+    )
+    out = np.full((3, 2, 3), -1, np.float32)
+
+    found = store.fill(space, [b, a, b], [CENTER_VIEW, "aug1.1"], out)
+
+    np.testing.assert_array_equal(found, [[True, False], [True, True], [True, False]])
+    np.testing.assert_array_equal(out[1], [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(out[0, 0], [7, 8, 9])
+    np.testing.assert_array_equal(out[2, 0], [7, 8, 9])  # a photo listed twice: both rows
+    np.testing.assert_array_equal(out[0, 1], [-1, -1, -1])  # untouched where not found
+    assert not store.fill(replace(space, image_size=64), [a], [CENTER_VIEW], out[:1]).any()
+
+
 def test_second_extraction_reuses_everything(tmp_path: Path, tiny_backbone) -> None:
     loads: list[str] = []
     refs = _refs(5, loads)

@@ -216,6 +216,37 @@ class FeatureStore:
             for sha, view, dim, blob in rows
         }
 
+    def fill(
+        self, space: FeatureSpace, shas: Sequence[str], views: Sequence[str], out: np.ndarray
+    ) -> np.ndarray:
+        """Copy the cached vectors of ``shas`` x ``views`` into ``out`` ``[N, V, D]``.
+
+        Rows are streamed from SQLite one at a time and only the wanted ones are copied, so
+        memory holds ``out`` and nothing of the rest of the cache (other photos, other
+        views, other data sets). A vector of another width counts as missing.
+
+        Returns:
+            np.ndarray: ``bool[N, V]``, True where ``out`` was filled.
+        """
+        rows_of: dict[str, list[int]] = {}
+        for i, sha in enumerate(shas):
+            rows_of.setdefault(sha, []).append(i)
+        column = {view: j for j, view in enumerate(views)}
+        found = np.zeros(out.shape[:2], bool)
+        with closing(self._connect()) as db:
+            cursor = db.execute(
+                "SELECT sha256, view, dim, vector FROM features WHERE space = ?", (space.key,)
+            )
+            for sha, view, dim, blob in cursor:
+                rows, j = rows_of.get(sha), column.get(view)
+                if rows is None or j is None or dim != out.shape[2]:
+                    continue
+                vector = np.frombuffer(blob, dtype=np.float32, count=dim)
+                for i in rows:
+                    out[i, j] = vector
+                    found[i, j] = True
+        return found
+
     def put(self, space: FeatureSpace, rows: Sequence[tuple[str, str, np.ndarray]]) -> None:
         """Insert or replace ``(sha256, view, vector)`` rows in one transaction."""
         now = datetime.now(UTC).isoformat()
@@ -360,12 +391,20 @@ def extract_features(
     """
     space = FeatureSpace.of(backbone, backbone_options)
     wanted = view_ids(views) if isinstance(views, int) else list(views)
-    cached = store.load(space)
-    jobs = [
-        (ref, missing)
-        for ref in images
-        if (missing := [v for v in wanted if (ref.sha256, v) not in cached])
-    ]
+    # one array of the result, filled from the cache and then by the backbone: memory
+    # holds it once, however large the cache (or the data set) is
+    features = np.zeros((len(images), len(wanted), backbone.feature_dim), np.float32)
+    found = store.fill(space, [ref.sha256 for ref in images], wanted, features)
+    rows_of: dict[str, list[int]] = {}
+    for i, ref in enumerate(images):
+        rows_of.setdefault(ref.sha256, []).append(i)
+    column = {view: j for j, view in enumerate(wanted)}
+    jobs, queued = [], set()
+    for i, ref in enumerate(images):
+        missing = [v for j, v in enumerate(wanted) if not found[i, j]]
+        if missing and ref.sha256 not in queued:  # a photo listed twice is computed once
+            queued.add(ref.sha256)
+            jobs.append((ref, missing))
     total_missing = sum(len(missing) for _, missing in jobs)
     task = (
         progress.add_task(description, total=total_missing or 1, completed=0)
@@ -381,7 +420,8 @@ def extract_features(
             vectors = compute(np.stack(batch)).reshape(len(batch), -1)  # maps are flattened
             rows = [(sha, view, vec) for (sha, view), vec in zip(keys, vectors, strict=True)]
             store.put(space, rows)
-            cached.update({(sha, view): vec for sha, view, vec in rows})
+            for sha, view, vec in rows:
+                features[rows_of[sha], column[view]] = vec
             if progress is not None and task is not None:
                 progress.advance(task, len(rows))
             batch.clear()
@@ -404,13 +444,8 @@ def extract_features(
             flush()
     elif progress is not None and task is not None:
         progress.update(task, completed=1, description=f"{description} (all cached)")
-    features = (
-        np.stack([np.stack([cached[(ref.sha256, v)] for v in wanted]) for ref in images])
-        if images
-        else np.zeros((0, len(wanted), backbone.feature_dim), np.float32)
-    )
     return FeatureTable(
-        features=features.astype(np.float32, copy=False),
+        features=features,
         views=wanted,
         extracted=total_missing,
         reused=len(images) * len(wanted) - total_missing,
