@@ -238,17 +238,23 @@ def test_asking_for_int8_when_the_export_has_none_is_refused_in_plain_words(
     assert "has no int8 model" in ready.text
 
 
+def _spec(**fields: object) -> export_format.Int8Spec:
+    """A hand-made int8 spec with a perfect gate; ``fields`` override the rest."""
+    values: dict[str, object] = {
+        "calibration_photos": 1,
+        "float_nodes": 0,
+        "gate_photos": 1,
+        "fp32_macro_f1": 1.0,
+        "int8_macro_f1": 1.0,
+        "top1_agreement": 1.0,
+        **fields,
+    }
+    return export_format.Int8Spec.model_validate(values)
+
+
 def _publish_with_int8_spec(link: Path, guarded: GuardedTinyModel, file: str) -> None:
-    spec = export_format.Int8Spec(
-        file=file,
-        calibration_photos=1,
-        float_nodes=0,
-        gate_photos=1,
-        fp32_macro_f1=1.0,
-        int8_macro_f1=1.0,
-        top1_agreement=1.0,
-        weights="int8-7bit",  # safe on every CPU: these tests are about the file
-    )
+    # 7-bit weights are safe on every CPU: these tests are about the file
+    spec = _spec(file=file, weights="int8-7bit")
     publish_tiny_export(link, guarded.model, "v-bad", int8=spec, **guarded.signature_overrides())
 
 
@@ -313,19 +319,6 @@ def test_the_cpu_int8_arithmetic_is_read_from_its_flags(
     assert cpu_int8_arithmetic(cpuinfo, machine) == expected
 
 
-def _spec(weights: str, gated_on: str | None) -> export_format.Int8Spec:
-    return export_format.Int8Spec(
-        calibration_photos=1,
-        float_nodes=0,
-        gate_photos=1,
-        fp32_macro_f1=1.0,
-        int8_macro_f1=1.0,
-        top1_agreement=1.0,
-        weights=weights,  # type: ignore[arg-type]
-        gated_on=gated_on,  # type: ignore[arg-type]
-    )
-
-
 @pytest.mark.parametrize(
     ("weights", "gated_on", "here", "safe"),
     [
@@ -343,7 +336,7 @@ def test_an_int8_model_is_safe_only_where_the_cpu_computes_what_its_gate_measure
 ) -> None:
     from skin_mlops.api.model_runtime import ModelRefusedError, choose_model
 
-    spec = _spec(weights, gated_on)
+    spec = _spec(weights=weights, gated_on=gated_on)
     signature = _signature(guarded).model_copy(update={"int8": spec})
 
     assert spec.safe_on(here) is safe  # type: ignore[arg-type]
