@@ -92,6 +92,13 @@ VARIANTS: dict[str, tuple[str, str, dict[str, str], list[str]]] = {
         ["--workers", "2"],
     ),
     "chosen": ("chosen: simplejpeg, MAX_BATCH_SIZE=1", "serve", CHOSEN_ENV, []),
+    "spin-run": (
+        "chosen + ORT_SPINNING=during-run",
+        "serve",
+        {**CHOSEN_ENV, "ORT_SPINNING": "during-run"},
+        [],
+    ),
+    "spin-on": ("chosen + ORT_SPINNING=on", "serve", {**CHOSEN_ENV, "ORT_SPINNING": "on"}, []),
 }
 MLFLOW = "mlflow-pyfunc"
 
@@ -150,22 +157,21 @@ def ort_levers(
 
     from skin_mlops.api.model_runtime import session_options
 
-    def opts(threads: int = 2, level: str = "all", spin: bool = False, arena: bool = False):  # noqa: ANN202
-        o = session_options(threads, arena)
+    def opts(threads: int = 2, level: str = "all", spin: str = "off", arena: bool = False):  # noqa: ANN202
+        o = session_options(threads, arena, spin)
         o.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         }[level]
-        if spin:
-            o.add_session_config_entry("session.intra_op.allow_spinning", "1")
         return o
 
     configs = {
         "api today (all, 2 thr, no spin, no arena)": (opts(), False),
         "opt level extended": (opts(level="extended"), False),
         "opt level basic": (opts(level="basic"), False),
-        "spinning on": (opts(spin=True), False),
+        "spinning on": (opts(spin="on"), False),
+        "spinning during the call only": (opts(spin="during-run"), False),
         "arena on": (opts(arena=True), False),
         "1 intra-op thread": (opts(threads=1), False),
         "I/O binding, preallocated outputs": (opts(), True),

@@ -110,12 +110,23 @@ def cpu_int8_arithmetic(cpuinfo: str | None = None, machine: str | None = None) 
     return "exact" if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else "saturating"
 
 
-def ort_session_options(intra_op_threads: int, memory_arena: bool = False) -> Any:
+OrtSpinning = Literal["off", "during-run", "on"]
+
+
+def ort_session_options(
+    intra_op_threads: int, memory_arena: bool = False, spinning: OrtSpinning = "off"
+) -> Any:
     """ONNX Runtime options for a small CPU box shared with the image decoding threads.
 
     Sequential execution with ``intra_op_threads`` threads per operator, one inter-op
-    thread, full graph optimisation, and no spin-waiting (spinning threads would steal the
-    cores the decode/preprocess pool needs between batches).
+    thread, full graph optimisation.
+
+    ``spinning`` (setting ``ORT_SPINNING``) says whether the intra-op threads busy-wait for
+    work instead of sleeping: ``off`` never (every operator then wakes a sleeping thread),
+    ``on`` ONNX Runtime's default (they keep spinning after a call returns, stealing the
+    cores the decode/preprocess pool needs between calls), ``during-run`` only while a call
+    is running (``session.force_spinning_stop``: the threads stop spinning as soon as the
+    last concurrent call returns).
 
     ``memory_arena`` (setting ``ORT_MEMORY_ARENA``, default off): with ONNX Runtime's CPU
     arena the activations of the largest batch stay resident for good (Lite0 at 288 px:
@@ -132,8 +143,11 @@ def ort_session_options(intra_op_threads: int, memory_arena: bool = False) -> An
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = memory_arena
     options.enable_mem_pattern = True
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "0" if spinning == "off" else "1"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if spinning == "during-run":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3
     return options
 
@@ -210,7 +224,12 @@ class OpenVinoSession:
 
 
 def open_session(
-    path: Path, engine: Engine, threads: int, *, memory_arena: bool = False
+    path: Path,
+    engine: Engine,
+    threads: int,
+    *,
+    memory_arena: bool = False,
+    spinning: OrtSpinning = "off",
 ) -> Session:
     """An ``engine`` session over the ONNX file at ``path``.
 
@@ -227,6 +246,6 @@ def open_session(
 
     return ort.InferenceSession(
         str(path),
-        sess_options=ort_session_options(threads, memory_arena),
+        sess_options=ort_session_options(threads, memory_arena, spinning),
         providers=["CPUExecutionProvider"],
     )

@@ -256,6 +256,7 @@ def load_model(folder: Path, source_key: str, settings: Settings) -> LoadedModel
             engine,
             settings.ort_intra_op_threads,
             memory_arena=settings.ort_memory_arena,
+            spinning=settings.ort_spinning,
         )
     except Exception as exc:  # each engine raises its own exception types for bad files
         name = "ONNX Runtime" if engine == "onnxruntime" else "OpenVINO"

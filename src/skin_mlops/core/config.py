@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # ONNX Runtime's CPU memory arena: holds the largest batch's activations for good
     # (+~60 MiB at MAX_BATCH_SIZE 8, Lite0 288 px) for no latency gain measured here.
     ort_memory_arena: bool = False
+    # Whether ONNX Runtime's intra-op threads busy-wait for work (see
+    # skin_mlops.runtimes.ort_session_options): off, during-run (only while a model call
+    # runs) or on (ONNX Runtime's default: they keep spinning between calls).
+    ort_spinning: Literal["off", "during-run", "on"] = "off"
     # Which of the export's models serves: int8 (model/model.int8.onnx, present only when it
     # passed training's quality gate, on the engine that gate ran on), fp32 (model/model.onnx
     # on ONNX Runtime), or auto: int8 when the export has one.
