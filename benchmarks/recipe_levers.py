@@ -37,6 +37,8 @@ LEVERS: dict[str, list[str]] = {
     DEFAULT: [],  # Lite0 at 288 px, multi pooling, 12 views, 1 head
     "lite0-224": ["--image-size", "224"],
     "lite0-256": ["--image-size", "256"],
+    # a 224 px student taught by the default 288 px recipe (skin_mlops.modeling.distill)
+    "lite0-224-distil": ["--image-size", "224", "--teacher-image-size", "288"],
     "lite1": ["--backbone", "efficientnet_lite1"],
     "lite2": ["--backbone", "efficientnet_lite2"],
     "lite2-320": ["--backbone", "efficientnet_lite2", "--image-size", "320"],

@@ -40,7 +40,7 @@ from skin_mlops.core.cli_options import DatasetConfigOption
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.core.errors import ConfigError
 from skin_mlops.dataset_config import load_dataset_config
-from skin_mlops.modeling import stages
+from skin_mlops.modeling import distill, stages
 from skin_mlops.modeling.data import (
     TRAIN_SPLIT,
     VAL_SPLIT,
@@ -56,6 +56,8 @@ from skin_mlops.modeling.options import (
     DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DIHEDRAL_VIEWS,
+    DEFAULT_DISTILLATION_TEMPERATURE,
+    DEFAULT_DISTILLATION_WEIGHT,
     DEFAULT_EPOCHS,
     DEFAULT_HEADS,
     DEFAULT_IMAGE_SIZE,
@@ -64,6 +66,7 @@ from skin_mlops.modeling.options import (
     DEFAULT_ORIENTATION,
     DEFAULT_POOLING,
     DEFAULT_SEED,
+    DEFAULT_TEACHER_IMAGE_SIZE,
     DEFAULT_TTA_VIEWS,
     DEFAULT_VIEWS,
     TrainingOptions,
@@ -73,6 +76,8 @@ from skin_mlops.modeling.recipe_cli import (
     BackboneOption,
     BatchSizeOption,
     DihedralViewsOption,
+    DistillationTemperatureOption,
+    DistillationWeightOption,
     EpochsOption,
     HeadsOption,
     ImageSizeOption,
@@ -81,6 +86,8 @@ from skin_mlops.modeling.recipe_cli import (
     OrientationOption,
     PoolingOption,
     SeedOption,
+    TeacherBackboneOption,
+    TeacherImageSizeOption,
     TtaViewsOption,
     ViewsOption,
 )
@@ -179,6 +186,7 @@ def cross_validate(
     store: ObjectStore | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    teacher_backbone: Backbone | None = None,
 ) -> CrossValidationResult:
     """Cross-validate the training recipe (see the module docstring); log it to MLflow.
 
@@ -221,6 +229,9 @@ def cross_validate(
     if backbone is None:  # before TensorFlow is imported here, as train does
         with stages.timed(timings, "backbone_conversion"):
             convert_in_child_process(options, settings)
+    if options.distils and teacher_backbone is None:
+        with stages.timed(timings, "backbone_conversion"):
+            distill.prepare_teacher(options, settings)
     import keras
 
     with stages.timed(timings, "backbone"):
@@ -257,6 +268,12 @@ def cross_validate(
                 timings,
                 evaluation_dihedral_views=DIHEDRAL_VIEWS,
             )
+            teacher = None
+            if options.distils:  # the teacher's features once; its heads per fold
+                with stages.timed(timings, "teacher_features"):
+                    teacher = distill.teacher_features(
+                        options, settings, refs, refs, progress, {}, backbone=teacher_backbone
+                    )
             tta = options.tta_views
             for k, (fit_rows, held_rows) in enumerate(splits, start=1):
                 with (
@@ -266,6 +283,13 @@ def cross_validate(
                     ) as child,
                 ):
                     keras.utils.set_random_seed(options.seed)
+                    targets, teacher_metrics = None, {}
+                    if teacher is not None:  # taught on this fold's training photos only
+                        targets, teacher_f1 = distill.teach(
+                            teacher, fit_rows, y[fit_rows], held_rows, y[held_rows],
+                            len(labels), options, progress,
+                        )  # fmt: skip
+                        teacher_metrics = {"teacher_val_macro_f1": teacher_f1}
                     heads, _ = train_heads(
                         features.train[fit_rows],
                         y[fit_rows],
@@ -274,6 +298,7 @@ def cross_validate(
                         len(labels),
                         options,
                         progress,
+                        targets,
                     )
                     held = features.evaluation[held_rows]
                     logits = stages.ensemble_logits(heads, held[:, :tta])
@@ -282,6 +307,7 @@ def cross_validate(
                     metrics = {
                         **evaluate.evaluate_logits(logits, y[held_rows], labels).as_metrics(),
                         **stages.dihedral_agreement(heldout_top1[held_rows], prefix="val_"),
+                        **teacher_metrics,
                     }
                     mlflow.set_tags({"stage": "cv-fold", "fold": str(k)})
                     mlflow.log_params(
@@ -297,6 +323,10 @@ def cross_validate(
                     )
                     keras.backend.clear_session()
         summary = summarise(results, labels)
+        if teacher is not None:
+            taught = [fold.metrics["teacher_val_macro_f1"] for fold in results]
+            summary["cv_teacher_macro_f1_mean"] = float(np.mean(taught))
+            del teacher
         pooled = evaluate.evaluate_logits(heldout_logits, y, labels)
         summary.update(pooled.as_metrics(prefix="oof_"))
         summary.update(stages.dihedral_agreement(heldout_top1, prefix="oof_"))
@@ -393,6 +423,10 @@ def cv_command(
     tta_views: TtaViewsOption = DEFAULT_TTA_VIEWS,
     seed: SeedOption = DEFAULT_SEED,
     ood_pass_rate: OodPassRateOption = DEFAULT_OOD_PASS_RATE,
+    teacher_image_size: TeacherImageSizeOption = DEFAULT_TEACHER_IMAGE_SIZE,
+    teacher_backbone: TeacherBackboneOption = "",
+    distillation_weight: DistillationWeightOption = DEFAULT_DISTILLATION_WEIGHT,
+    distillation_temperature: DistillationTemperatureOption = DEFAULT_DISTILLATION_TEMPERATURE,
 ) -> None:
     """Cross-validate a training recipe (default: train's) over train + val, logged to MLflow."""
     from skin_mlops.core.native_logs import filter_native_stderr
@@ -411,6 +445,10 @@ def cv_command(
         tta_views=tta_views,
         seed=seed,
         ood_pass_rate=ood_pass_rate,
+        teacher_image_size=teacher_image_size,
+        teacher_backbone=teacher_backbone,
+        distillation_weight=distillation_weight,
+        distillation_temperature=distillation_temperature,
     )
     settings = get_settings()
     console = Console()

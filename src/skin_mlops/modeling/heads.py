@@ -178,9 +178,11 @@ def feature_dataset(
     *,
     shuffle: bool,
     seed: int,
+    targets: np.ndarray | None = None,
 ) -> Any:
     """A ``tf.data`` pipeline over cached features ``[N, V, D]`` (every view is a sample),
-    one-hot labels.
+    one-hot labels, or ``targets`` ``[N, V, K]`` (a distribution per view: distillation's
+    soft targets) when given.
 
     What is shuffled is the row *indices*, and each batch is gathered from the caller's
     array by NumPy (``tf.numpy_function``), so memory holds the one copy of the features
@@ -192,7 +194,10 @@ def feature_dataset(
 
     n, views, dim = features.shape
     rows_of = features.reshape(n * views, dim)  # a view of the caller's array, not a copy
-    y = tf.one_hot(np.repeat(labels, views), num_classes, dtype=tf.float32)
+    if targets is None:
+        y = tf.one_hot(np.repeat(labels, views), num_classes, dtype=tf.float32)
+    else:
+        y = tf.constant(np.asarray(targets, np.float32).reshape(n * views, num_classes))
     dataset = tf.data.Dataset.range(n * views)
     if shuffle:
         dataset = dataset.shuffle(n * views, seed=seed, reshuffle_each_iteration=True)
@@ -219,8 +224,14 @@ def train_head(
     options: TrainingOptions,
     progress: Progress,
     member: int = 0,
+    targets: np.ndarray | None = None,
+    role: str = "",
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train one head on cached features; return it and its per-epoch history.
+
+    ``targets`` ``[N, V, K]``: train on these distributions instead of the one-hot labels
+    (distillation; the class weights still follow ``train_labels``). ``role`` (e.g.
+    ``teacher``) prefixes the progress bar and the MLflow names (``teacher_epoch_*``).
 
     MLflow per-epoch names: ``epoch_*`` for the first member, ``head<i>_epoch_*`` else.
     """
@@ -234,6 +245,8 @@ def train_head(
         steps_per_execution=HEAD_STEPS_PER_EXECUTION,
     )
     name = "head" if options.heads == 1 else f"head {member + 1}/{options.heads}"
+    name = f"{role} {name}" if role else name
+    metric_prefix = f"{role}_" if role else ""
     task = progress.add_task(f"{name} epochs", total=options.epochs)
     fit = head.fit(
         feature_dataset(
@@ -243,6 +256,7 @@ def train_head(
             options.batch_size,
             shuffle=True,
             seed=options.seed + member,
+            targets=targets,
         ),
         validation_data=feature_dataset(
             val_features, val_labels, num_classes, 256, shuffle=False, seed=options.seed
@@ -252,7 +266,10 @@ def train_head(
         class_weight=class_weights(train_labels, num_classes),
         callbacks=[
             epoch_callback(
-                progress, task, name, prefix="epoch_" if member == 0 else f"head{member}_epoch_"
+                progress,
+                task,
+                name,
+                prefix=metric_prefix + ("epoch_" if member == 0 else f"head{member}_epoch_"),
             )
         ],
         verbose=0,
@@ -268,8 +285,11 @@ def train_heads(
     num_classes: int,
     options: TrainingOptions,
     progress: Progress,
+    targets: np.ndarray | None = None,
+    role: str = "",
 ) -> tuple[list[keras.Model], dict[str, list[float]]]:
-    """Train ``options.heads`` heads (an ensemble averaged in the exported graph).
+    """Train ``options.heads`` heads (an ensemble averaged in the exported graph), on the
+    one-hot labels or on ``targets`` (see :func:`train_head`).
 
     Returns the heads and the first head's history (the others are logged to MLflow).
     """
@@ -284,6 +304,8 @@ def train_heads(
             options,
             progress,
             member,
+            targets,
+            role,
         )
         heads.append(head)
         histories.append(history)

@@ -41,6 +41,9 @@ DEFAULT_DIHEDRAL_VIEWS = False
 DEFAULT_FINE_TUNE_LAYERS = 0  # off by default; e.g. 8 = Lite0 block7a + top conv
 DEFAULT_FINE_TUNE_EPOCHS = 5
 DEFAULT_OOD_PASS_RATE = 0.95
+DEFAULT_TEACHER_IMAGE_SIZE = 0  # 0 = no distillation
+DEFAULT_DISTILLATION_WEIGHT = 0.5
+DEFAULT_DISTILLATION_TEMPERATURE = 2.0
 FINE_TUNE_LR_FACTOR = 0.1
 
 
@@ -90,6 +93,12 @@ class TrainingOptions:
     keep_leaked_val: bool = False
     # share of held-out in-distribution photos the out-of-distribution guard lets pass
     ood_pass_rate: float = DEFAULT_OOD_PASS_RATE
+    # knowledge distillation (skin_mlops.modeling.distill): a teacher at this input size
+    # (and backbone; "" = the student's) teaches the heads; 0 = off
+    teacher_image_size: int = DEFAULT_TEACHER_IMAGE_SIZE
+    teacher_backbone: str = ""
+    distillation_weight: float = DEFAULT_DISTILLATION_WEIGHT
+    distillation_temperature: float = DEFAULT_DISTILLATION_TEMPERATURE
 
     def __post_init__(self) -> None:
         checks = [
@@ -124,6 +133,23 @@ class TrainingOptions:
                 0.5 <= self.ood_pass_rate < 1,
                 f"--ood-pass-rate must be in [0.5, 1) (got {self.ood_pass_rate})",
             ),
+            (
+                self.teacher_image_size == 0 or self.teacher_image_size >= 32,
+                f"--teacher-image-size must be 0 (off) or >= 32 (got {self.teacher_image_size})",
+            ),
+            (
+                0 < self.distillation_weight <= 1,
+                f"--distillation-weight must be in (0, 1] (got {self.distillation_weight})",
+            ),
+            (
+                self.distillation_temperature > 0,
+                f"--distillation-temperature must be > 0 (got {self.distillation_temperature})",
+            ),
+            (
+                not (self.distils and self.fine_tune_layers),
+                "distillation trains the heads on frozen features: use it with "
+                "--fine-tune-layers 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,10 +161,26 @@ class TrainingOptions:
                 "--tta-views > 1 averages the dihedral transforms that --orientation "
                 "canonical already maps to one input: use one of them"
             )
-        if self.backbone not in BACKBONES:
+        for backbone in (self.backbone, self.teacher_backbone or self.backbone):
+            if backbone not in BACKBONES:
+                raise ConfigError(
+                    f"unknown backbone {backbone!r} (choose one of {', '.join(BACKBONES)})"
+                )
+        if self.distils and self.teacher_spec == (self.backbone, self.image_size):
             raise ConfigError(
-                f"unknown backbone {self.backbone!r} (choose one of {', '.join(BACKBONES)})"
+                "the teacher is the student itself: give --teacher-image-size a size other "
+                "than --image-size, or another --teacher-backbone"
             )
+
+    @property
+    def distils(self) -> bool:
+        """Whether a teacher teaches the heads (``teacher_image_size`` > 0)."""
+        return self.teacher_image_size > 0
+
+    @property
+    def teacher_spec(self) -> tuple[str, int]:
+        """The teacher's backbone and input size."""
+        return self.teacher_backbone or self.backbone, self.teacher_image_size
 
     @property
     def fine_tune_learning_rate(self) -> float:
@@ -195,4 +237,14 @@ class TrainingOptions:
         )
         if not self.fine_tune_layers:
             params.pop("fine_tune_epochs")
+        if self.distils:
+            params["teacher_backbone"] = self.teacher_spec[0]
+        else:
+            for name in (
+                "teacher_image_size",
+                "teacher_backbone",
+                "distillation_weight",
+                "distillation_temperature",
+            ):
+                params.pop(name)
         return params

@@ -65,3 +65,20 @@ OodPassRateOption = Annotated[
         "through (its threshold).",
     ),
 ]
+TeacherImageSizeOption = Annotated[
+    int,
+    typer.Option(
+        help="Distil: a teacher at this input size (e.g. 288) trains first on the same "
+        "photos and views, and the heads learn from its soft targets; only the student "
+        "(--backbone at --image-size) is exported. 0 = off."
+    ),
+]
+TeacherBackboneOption = Annotated[
+    str, typer.Option(help="The teacher's backbone (default: the student's --backbone).")
+]
+DistillationWeightOption = Annotated[
+    float, typer.Option(help="Share of the teacher's distribution in each soft target.")
+]
+DistillationTemperatureOption = Annotated[
+    float, typer.Option(help="Temperature that softens the teacher's distribution.")
+]

@@ -70,7 +70,7 @@ from rich.console import Console
 from skin_mlops import preprocessing
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.dataset_config import load_dataset_config
-from skin_mlops.modeling import quantize, stages
+from skin_mlops.modeling import distill, quantize, stages
 from skin_mlops.modeling.data import (
     dataset_fingerprint,
     load_records,
@@ -153,6 +153,7 @@ def train_and_track(
     min_delta: float | None = None,
     int8: bool = False,
     int8_method: str = "ort-minmax",
+    teacher_backbone: Backbone | None = None,
 ) -> TrainingResult:
     """Train, evaluate, export, track and publish one model (see the module docstring).
 
@@ -176,6 +177,8 @@ def train_and_track(
         int8 (bool): also quantize the export to int8, shipped beside fp32 only past the
             quality gate (:mod:`skin_mlops.modeling.quantize`).
         int8_method (str): its :data:`~skin_mlops.modeling.quantize.METHODS` method.
+        teacher_backbone (Backbone | None): with ``options.teacher_image_size``, an already
+            built teacher backbone (tests); default: built from the options.
 
     Returns:
         TrainingResult: run id, registry decision, metrics, export location, timings.
@@ -208,6 +211,9 @@ def train_and_track(
     if backbone is None:  # before TensorFlow is imported here (see the function's doc)
         with timed(timings, "backbone_conversion", peaks):
             convert_in_child_process(options, settings)
+    if options.distils and teacher_backbone is None:
+        with timed(timings, "backbone_conversion", peaks):
+            distill.prepare_teacher(options, settings)
     import keras
     import mlflow
 
@@ -301,6 +307,19 @@ def train_and_track(
                     backbone_onnx, calibration, int8_method, settings.ort_intra_op_threads
                 )
             mlflow.log_params({"int8_aware_guard": True, "int8_residual_photos": len(residuals)})
+        targets = None  # with a teacher: its soft targets (skin_mlops.modeling.distill)
+        if options.distils:
+            with timed(timings, "distillation", peaks):
+                teacher = distill.teacher_features(
+                    options, settings, train_refs, val_refs, progress, {},  # in "distillation"
+                    backbone=teacher_backbone,
+                )  # fmt: skip
+                targets, teacher_f1 = distill.teach(
+                    teacher, slice(None), y_train, slice(None), y_val, len(labels), options,
+                    progress,
+                )  # fmt: skip
+                del teacher
+            mlflow.log_metric("teacher_val_macro_f1", teacher_f1)
         with timed(timings, "head_training", peaks):
             heads, history = train_heads(
                 train_features,
@@ -310,6 +329,7 @@ def train_and_track(
                 len(labels),
                 options,
                 progress,
+                targets,
             )
         # 5. optional fine-tuning of the backbone's top, on the cached activation maps
         if split:

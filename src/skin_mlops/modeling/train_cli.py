@@ -19,6 +19,8 @@ from skin_mlops.modeling.options import (
     DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DIHEDRAL_VIEWS,
+    DEFAULT_DISTILLATION_TEMPERATURE,
+    DEFAULT_DISTILLATION_WEIGHT,
     DEFAULT_EPOCHS,
     DEFAULT_FINE_TUNE_EPOCHS,
     DEFAULT_FINE_TUNE_LAYERS,
@@ -29,6 +31,7 @@ from skin_mlops.modeling.options import (
     DEFAULT_ORIENTATION,
     DEFAULT_POOLING,
     DEFAULT_SEED,
+    DEFAULT_TEACHER_IMAGE_SIZE,
     DEFAULT_TTA_VIEWS,
     DEFAULT_VIEWS,
     TrainingOptions,
@@ -38,6 +41,8 @@ from skin_mlops.modeling.recipe_cli import (
     BackboneOption,
     BatchSizeOption,
     DihedralViewsOption,
+    DistillationTemperatureOption,
+    DistillationWeightOption,
     EpochsOption,
     HeadsOption,
     ImageSizeOption,
@@ -46,6 +51,8 @@ from skin_mlops.modeling.recipe_cli import (
     OrientationOption,
     PoolingOption,
     SeedOption,
+    TeacherBackboneOption,
+    TeacherImageSizeOption,
     TtaViewsOption,
     ViewsOption,
 )
@@ -116,6 +123,10 @@ def train_command(
         ),
     ] = False,
     ood_pass_rate: OodPassRateOption = DEFAULT_OOD_PASS_RATE,
+    teacher_image_size: TeacherImageSizeOption = DEFAULT_TEACHER_IMAGE_SIZE,
+    teacher_backbone: TeacherBackboneOption = "",
+    distillation_weight: DistillationWeightOption = DEFAULT_DISTILLATION_WEIGHT,
+    distillation_temperature: DistillationTemperatureOption = DEFAULT_DISTILLATION_TEMPERATURE,
     int8: Annotated[
         bool,
         typer.Option(
@@ -163,6 +174,10 @@ def train_command(
         seed=seed,
         keep_leaked_val=keep_leaked_val,
         ood_pass_rate=ood_pass_rate,
+        teacher_image_size=teacher_image_size,
+        teacher_backbone=teacher_backbone,
+        distillation_weight=distillation_weight,
+        distillation_temperature=distillation_temperature,
     )
     if int8:
         from skin_mlops.modeling.quantize import check_method
