@@ -58,6 +58,7 @@ def test_training_params_have_the_promised_defaults(dagbag) -> None:  # noqa: AN
         "learning_rate": 1e-3,
         "image_size": None,
         "backbone": None,
+        "teacher_image_size": 0,
         "keep_leaked_val": False,
     }
 
@@ -73,6 +74,7 @@ def test_training_params_have_the_promised_defaults(dagbag) -> None:  # noqa: AN
         ("learning_rate", 0, "less than or equal to the minimum of 0"),
         ("learning_rate", 2.0, "greater than the maximum of 1"),
         ("backbone", "resnet50", "is not one of"),
+        ("teacher_image_size", -1, "less than the minimum of 0"),
     ],
 )
 def test_a_bad_param_is_refused_naming_it(dagbag, name: str, value: object, words: str) -> None:  # noqa: ANN001

@@ -42,6 +42,8 @@ RECIPE_PARAMS = (
     "heads",
     "tta_views",
     "seed",
+    "teacher_image_size",  # absent (None) in a run without distillation
+    "teacher_backbone",
 )
 
 

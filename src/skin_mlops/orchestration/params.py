@@ -46,6 +46,12 @@ TRAIN_PARAMS: dict[str, tuple[Any, dict[str, Any], str]] = {
         },
         "frozen backbone (default: the recipe's)",
     ),
+    "teacher_image_size": (
+        0,
+        {"type": "integer", "minimum": 0, "maximum": 1024},
+        "distil: a teacher at this input size teaches the heads; 0 = off "
+        "(skin_mlops.modeling.distill)",
+    ),
     "keep_leaked_val": (
         False,
         {"type": "boolean"},
