@@ -126,10 +126,11 @@ def test_train_with_a_teacher_exports_the_student_alone(
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
     run = client.get_run(result.run_id)
     assert run.data.params["teacher_image_size"] == str(TEACHER_SIZE)
-    assert run.data.metrics["teacher_val_macro_f1"] > 0.8  # the colours are learnable
+    assert run.data.metrics["teacher_oof_macro_f1"] > 0.8  # the colours are learnable
     assert "time_distillation_s" in run.data.metrics
     history = client.get_metric_history(result.run_id, "teacher_epoch_train_loss")
-    assert [m.step for m in history] == list(range(1, OPTIONS.epochs + 1))
+    # cross-fitted: one teacher per inner fold (6 training photos per label: 5 folds)
+    assert [m.step for m in history] == list(range(1, OPTIONS.epochs + 1)) * 5
     assert len(client.get_metric_history(result.run_id, "epoch_train_loss")) == OPTIONS.epochs
     assert result.metrics["val_macro_f1"] > 0.8
     signature = export_format.read_signature(result.published_dir)
@@ -152,7 +153,29 @@ def test_cv_teaches_each_fold_on_its_own_training_photos(
         teacher_backbone=backbone_factory(seed=2, image_size=TEACHER_SIZE),
         show_progress=False,
     )
-    taught = [fold.metrics["teacher_val_macro_f1"] for fold in result.folds]
+    taught = [fold.metrics["teacher_oof_macro_f1"] for fold in result.folds]
     assert len(taught) == 3 and all(0.0 <= f <= 1.0 for f in taught)
-    assert result.summary["cv_teacher_macro_f1_mean"] == pytest.approx(np.mean(taught))
+    assert result.summary["cv_teacher_oof_macro_f1_mean"] == pytest.approx(np.mean(taught))
     assert result.summary["cv_macro_f1_mean"] > 0.8
+
+
+def test_the_teacher_is_cross_fitted_so_it_cannot_hand_back_memorised_labels() -> None:
+    """On features that carry no signal a teacher fitted on all photos memorises them and
+    its targets would repeat the labels; cross-fitted, it is at chance on every photo."""
+    from skin_mlops.modeling.distill import teach
+    from skin_mlops.modeling.stages import FrozenFeatures
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(3), 20)
+    noise = rng.normal(size=(60, 2, 64)).astype(np.float32)
+    teacher = FrozenFeatures(noise, noise[:, :1], None, None, None, None)  # type: ignore[arg-type]
+    options = TrainingOptions(
+        epochs=40, learning_rate=0.02, batch_size=16, image_size=224, teacher_image_size=288
+    )
+    progress = make_progress(Console(quiet=True), enabled=False)
+    targets, oof_f1 = teach(teacher, slice(None), labels, 3, options, progress)
+    assert targets.shape == (60, 2, 3)
+    np.testing.assert_allclose(targets.sum(axis=-1), 1.0, rtol=1e-5)
+    assert oof_f1 < 0.6  # chance is 1/3; memorised it would be ~1
+    teacher_part = targets - (1 - options.distillation_weight) * np.eye(3)[labels][:, None]
+    assert (teacher_part.argmax(axis=-1) == labels[:, None]).mean() < 0.6

@@ -286,10 +286,9 @@ def cross_validate(
                     targets, teacher_metrics = None, {}
                     if teacher is not None:  # taught on this fold's training photos only
                         targets, teacher_f1 = distill.teach(
-                            teacher, fit_rows, y[fit_rows], held_rows, y[held_rows],
-                            len(labels), options, progress,
-                        )  # fmt: skip
-                        teacher_metrics = {"teacher_val_macro_f1": teacher_f1}
+                            teacher, fit_rows, y[fit_rows], len(labels), options, progress
+                        )
+                        teacher_metrics = {"teacher_oof_macro_f1": teacher_f1}
                     heads, _ = train_heads(
                         features.train[fit_rows],
                         y[fit_rows],
@@ -324,8 +323,8 @@ def cross_validate(
                     keras.backend.clear_session()
         summary = summarise(results, labels)
         if teacher is not None:
-            taught = [fold.metrics["teacher_val_macro_f1"] for fold in results]
-            summary["cv_teacher_macro_f1_mean"] = float(np.mean(taught))
+            taught = [fold.metrics["teacher_oof_macro_f1"] for fold in results]
+            summary["cv_teacher_oof_macro_f1_mean"] = float(np.mean(taught))
             del teacher
         pooled = evaluate.evaluate_logits(heldout_logits, y, labels)
         summary.update(pooled.as_metrics(prefix="oof_"))

@@ -9,10 +9,12 @@ from, per cached view (Hinton et al., 2015),
     ``distillation_weight * softmax(teacher_logits / T) + (1 - distillation_weight) * one_hot``
 
 with ``T = distillation_temperature`` (:func:`soft_targets`); the class weights still follow
-the hard labels. Only the student is exported, so the served model costs what the student's
-backbone costs (e.g. Lite0 at 224 px: about 0.6x the multiply-adds of 288 px). ``train``
-and ``cv`` call the same :func:`teach` on each training set (a fold's teacher never sees
-that fold's held-out photos), so ``cv`` measures what ``train`` ships.
+the hard labels. The teacher is cross-fitted (:func:`teach`): each photo's targets come from
+teacher heads that did not train on it. Only the student is exported, so the served model
+costs what the student's backbone costs (e.g. Lite0 at 224 px: about 0.6x the
+multiply-adds of 288 px). ``train`` and ``cv`` call the same :func:`teach` on each training
+set (a fold's teacher never sees that fold's held-out photos), so ``cv`` measures what
+``train`` ships.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+#: inner folds of the cross-fitted teacher (:func:`teach`)
+TEACHER_FOLDS = 5
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -93,33 +98,49 @@ def teach(
     teacher: FrozenFeatures,
     train_rows: np.ndarray | slice,
     train_labels: np.ndarray,
-    curve_rows: np.ndarray | slice,
-    curve_labels: np.ndarray,
     num_classes: int,
     options: TrainingOptions,
     progress: Progress,
+    folds: int = TEACHER_FOLDS,
 ) -> tuple[np.ndarray, float]:
-    """Fit the teacher's heads on ``train_rows`` of its features; return the student's
-    soft targets for those rows' views and the teacher's macro-F1 on ``curve_rows``
-    (the photos whose curves training draws: val in ``train``, the held-out fold in
-    ``cv``; never trained on)."""
+    """The student's soft targets for the views of ``train_rows``, from a cross-fitted
+    teacher; and the teacher's out-of-fold macro-F1 on those photos.
+
+    A teacher fitted on all the training photos and asked about them answers what it
+    memorised: near one-hot, so its softened targets only smooth the labels (measured on
+    dermnet5: CV macro-F1 0.736 against 0.753 without a teacher). So the photos are split
+    into ``folds`` stratified folds, and each photo's targets come from the teacher's heads
+    fitted on the other folds: its real confusions, on photos it has not seen.
+    """
     from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold
 
     from skin_mlops.modeling import stages
     from skin_mlops.modeling.heads import train_heads
 
     features = teacher.train[train_rows]
-    curves = teacher.evaluation[curve_rows][:, :1]
+    n, views = features.shape[:2]
+    smallest = int(np.bincount(train_labels, minlength=num_classes).min())
+    splitter = StratifiedKFold(
+        max(2, min(folds, smallest)), shuffle=True, random_state=options.seed
+    )
     recipe = teacher_options(options)
-    heads, _ = train_heads(
-        features, train_labels, curves, curve_labels, num_classes, recipe, progress, role="teacher"
-    )
-    logits = np.stack(
-        [stages.ensemble_logits(heads, features[:, v : v + 1]) for v in range(features.shape[1])],
-        axis=1,
-    )
-    held = stages.ensemble_logits(heads, curves).argmax(axis=1)
-    macro_f1 = float(f1_score(curve_labels, held, average="macro", labels=range(num_classes)))
+    logits = np.zeros((n, views, num_classes), np.float32)
+    for fit, held in splitter.split(np.zeros(n), train_labels):
+        heads, _ = train_heads(
+            features[fit],
+            train_labels[fit],
+            features[held][:, :1],
+            train_labels[held],
+            num_classes,
+            recipe,
+            progress,
+            role="teacher",
+        )
+        for v in range(views):
+            logits[held, v] = stages.ensemble_logits(heads, features[held][:, v : v + 1])
+    oof = logits[:, 0].argmax(axis=1)
+    macro_f1 = float(f1_score(train_labels, oof, average="macro", labels=list(range(num_classes))))
     targets = soft_targets(
         logits, train_labels, options.distillation_weight, options.distillation_temperature
     )

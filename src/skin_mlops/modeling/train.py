@@ -315,11 +315,10 @@ def train_and_track(
                     backbone=teacher_backbone,
                 )  # fmt: skip
                 targets, teacher_f1 = distill.teach(
-                    teacher, slice(None), y_train, slice(None), y_val, len(labels), options,
-                    progress,
-                )  # fmt: skip
+                    teacher, slice(None), y_train, len(labels), options, progress
+                )
                 del teacher
-            mlflow.log_metric("teacher_val_macro_f1", teacher_f1)
+            mlflow.log_metric("teacher_oof_macro_f1", teacher_f1)
         with timed(timings, "head_training", peaks):
             heads, history = train_heads(
                 train_features,
