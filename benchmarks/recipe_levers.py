@@ -39,6 +39,8 @@ LEVERS: dict[str, list[str]] = {
     "lite0-256": ["--image-size", "256"],
     # a 224 px student taught by the default 288 px recipe (skin_mlops.modeling.distill)
     "lite0-224-distil": ["--image-size", "224", "--teacher-image-size", "288"],
+    # mixup on the cached features (skin_mlops.modeling.heads.mix_batch)
+    "mixup": ["--mixup-alpha", "0.4"],
     "lite1": ["--backbone", "efficientnet_lite1"],
     "lite2": ["--backbone", "efficientnet_lite2"],
     "lite2-320": ["--backbone", "efficientnet_lite2", "--image-size", "320"],

@@ -610,6 +610,16 @@ def test_bad_options_are_config_errors() -> None:
         TrainingOptions(fine_tune_layers=0, views=0)
     with pytest.raises(ConfigError, match="--epochs"):
         TrainingOptions(fine_tune_layers=0, epochs=0)
+    with pytest.raises(ConfigError, match="--mixup-alpha"):
+        TrainingOptions(mixup_alpha=-0.1)
+
+
+def test_mixup_is_a_param_only_when_on_and_round_trips() -> None:
+    assert "mixup_alpha" not in TrainingOptions().params()
+    options = TrainingOptions(mixup_alpha=0.4)
+    params = {k: str(v) for k, v in options.params().items() if v is not None}
+    assert params["mixup_alpha"] == "0.4"
+    assert TrainingOptions.from_params(params) == options
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -638,6 +648,7 @@ def test_cli_train_help_lists_the_options(tmp_path) -> None:
         "--image-size",
         "--views",
         "--fine-tune-layers",
+        "--mixup-alpha",
         "--keep-leaked-val",
         "--promotion-min-delta",
     ):

@@ -62,6 +62,7 @@ from skin_mlops.modeling.options import (
     DEFAULT_HEADS,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_MIXUP_ALPHA,
     DEFAULT_OOD_PASS_RATE,
     DEFAULT_ORIENTATION,
     DEFAULT_POOLING,
@@ -82,6 +83,7 @@ from skin_mlops.modeling.recipe_cli import (
     HeadsOption,
     ImageSizeOption,
     LearningRateOption,
+    MixupAlphaOption,
     OodPassRateOption,
     OrientationOption,
     PoolingOption,
@@ -426,6 +428,7 @@ def cv_command(
     teacher_backbone: TeacherBackboneOption = "",
     distillation_weight: DistillationWeightOption = DEFAULT_DISTILLATION_WEIGHT,
     distillation_temperature: DistillationTemperatureOption = DEFAULT_DISTILLATION_TEMPERATURE,
+    mixup_alpha: MixupAlphaOption = DEFAULT_MIXUP_ALPHA,
 ) -> None:
     """Cross-validate a training recipe (default: train's) over train + val, logged to MLflow."""
     from skin_mlops.core.native_logs import filter_native_stderr
@@ -448,6 +451,7 @@ def cv_command(
         teacher_backbone=teacher_backbone,
         distillation_weight=distillation_weight,
         distillation_temperature=distillation_temperature,
+        mixup_alpha=mixup_alpha,
     )
     settings = get_settings()
     console = Console()

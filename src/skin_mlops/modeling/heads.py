@@ -179,10 +179,14 @@ def feature_dataset(
     shuffle: bool,
     seed: int,
     targets: np.ndarray | None = None,
+    mixup_alpha: float = 0.0,
 ) -> Any:
     """A ``tf.data`` pipeline over cached features ``[N, V, D]`` (every view is a sample),
     one-hot labels, or ``targets`` ``[N, V, K]`` (a distribution per view: distillation's
     soft targets) when given.
+
+    ``mixup_alpha`` > 0: mixup on the features (:func:`mix_batch`), batch by batch, seeded
+    by ``seed`` and the batch's rows (so the same run mixes the same pairs).
 
     What is shuffled is the row *indices*, and each batch is gathered from the caller's
     array by NumPy (``tf.numpy_function``), so memory holds the one copy of the features
@@ -195,24 +199,48 @@ def feature_dataset(
     n, views, dim = features.shape
     rows_of = features.reshape(n * views, dim)  # a view of the caller's array, not a copy
     if targets is None:
-        y = tf.one_hot(np.repeat(labels, views), num_classes, dtype=tf.float32)
+        y = np.eye(num_classes, dtype=np.float32)[np.repeat(labels, views)]
     else:
-        y = tf.constant(np.asarray(targets, np.float32).reshape(n * views, num_classes))
+        y = np.asarray(targets, np.float32).reshape(n * views, num_classes)
     dataset = tf.data.Dataset.range(n * views)
     if shuffle:
         dataset = dataset.shuffle(n * views, seed=seed, reshuffle_each_iteration=True)
 
-    def gather(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(rows_of[rows], np.float32)
+    def gather(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, t = np.asarray(rows_of[rows], np.float32), y[rows]
+        if mixup_alpha > 0:
+            rng = np.random.default_rng([seed, int(rows[0]), len(rows)])
+            x, t = mix_batch(x, t, mixup_alpha, rng)
+        return x, t
 
     def batch_of(rows: Any) -> tuple[Any, Any]:
-        x = tf.numpy_function(gather, [rows], tf.float32, stateful=False)
-        return tf.ensure_shape(x, [None, dim]), tf.gather(y, rows)
+        x, t = tf.numpy_function(gather, [rows], (tf.float32, tf.float32), stateful=False)
+        return tf.ensure_shape(x, [None, dim]), tf.ensure_shape(t, [None, num_classes])
 
     dataset = dataset.batch(batch_size).map(
         batch_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def mix_batch(
+    features: np.ndarray, targets: np.ndarray, alpha: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al., 2018) of one batch of feature vectors and their targets.
+
+    Each row ``i`` is blended with row ``p(i)`` of a random permutation of the batch by
+    ``lam_i ~ Beta(alpha, alpha)`` folded to ``max(lam, 1 - lam)``, so the row's own photo
+    keeps at least half of the mix (and its class weight, which Keras reads from the
+    largest target, still belongs to it): ``x_i' = lam_i x_i + (1 - lam_i) x_p(i)``, the
+    targets alike (each row still sums to 1).
+    """
+    lam = rng.beta(alpha, alpha, size=(len(features), 1)).astype(np.float32)
+    lam = np.maximum(lam, 1 - lam)
+    partner = rng.permutation(len(features))
+    mixed = lam * features + (1 - lam) * features[partner]
+    return mixed.astype(np.float32), (lam * targets + (1 - lam) * targets[partner]).astype(
+        np.float32
+    )
 
 
 def train_head(
@@ -257,6 +285,7 @@ def train_head(
             shuffle=True,
             seed=options.seed + member,
             targets=targets,
+            mixup_alpha=options.mixup_alpha,
         ),
         validation_data=feature_dataset(
             val_features, val_labels, num_classes, 256, shuffle=False, seed=options.seed

@@ -44,6 +44,7 @@ RECIPE_PARAMS = (
     "seed",
     "teacher_image_size",  # absent (None) in a run without distillation
     "teacher_backbone",
+    "mixup_alpha",  # absent (None) in a run without mixup
 )
 
 

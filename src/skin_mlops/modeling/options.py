@@ -44,6 +44,8 @@ DEFAULT_OOD_PASS_RATE = 0.95
 DEFAULT_TEACHER_IMAGE_SIZE = 0  # 0 = no distillation
 DEFAULT_DISTILLATION_WEIGHT = 0.5
 DEFAULT_DISTILLATION_TEMPERATURE = 2.0
+DEFAULT_MIXUP_ALPHA = 0.0  # 0 = off; e.g. 0.4 mixes pairs of cached feature vectors
+MAX_MIXUP_ALPHA = 4.0
 FINE_TUNE_LR_FACTOR = 0.1
 
 
@@ -99,6 +101,8 @@ class TrainingOptions:
     teacher_backbone: str = ""
     distillation_weight: float = DEFAULT_DISTILLATION_WEIGHT
     distillation_temperature: float = DEFAULT_DISTILLATION_TEMPERATURE
+    # mixup on the cached features (heads.feature_dataset): Beta(alpha, alpha); 0 = off
+    mixup_alpha: float = DEFAULT_MIXUP_ALPHA
 
     def __post_init__(self) -> None:
         checks = [
@@ -144,6 +148,11 @@ class TrainingOptions:
             (
                 self.distillation_temperature > 0,
                 f"--distillation-temperature must be > 0 (got {self.distillation_temperature})",
+            ),
+            (
+                0 <= self.mixup_alpha <= MAX_MIXUP_ALPHA,
+                f"--mixup-alpha must be in [0, {MAX_MIXUP_ALPHA:g}] (0 = off; got "
+                f"{self.mixup_alpha})",
             ),
             (
                 not (self.distils and self.fine_tune_layers),
@@ -247,4 +256,6 @@ class TrainingOptions:
                 "distillation_temperature",
             ):
                 params.pop(name)
+        if not self.mixup_alpha:  # off: the params of runs before the lever stay as they were
+            params.pop("mixup_alpha")
         return params

@@ -82,3 +82,11 @@ DistillationWeightOption = Annotated[
 DistillationTemperatureOption = Annotated[
     float, typer.Option(help="Temperature that softens the teacher's distribution.")
 ]
+MixupAlphaOption = Annotated[
+    float,
+    typer.Option(
+        help="Mixup on the cached features: each training feature vector is blended with "
+        "another of its batch (and their labels alike) by a weight drawn from "
+        "Beta(alpha, alpha), the own photo's share kept >= 1/2. 0 = off."
+    ),
+]

@@ -27,6 +27,7 @@ from skin_mlops.modeling.options import (
     DEFAULT_HEADS,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_MIXUP_ALPHA,
     DEFAULT_OOD_PASS_RATE,
     DEFAULT_ORIENTATION,
     DEFAULT_POOLING,
@@ -47,6 +48,7 @@ from skin_mlops.modeling.recipe_cli import (
     HeadsOption,
     ImageSizeOption,
     LearningRateOption,
+    MixupAlphaOption,
     OodPassRateOption,
     OrientationOption,
     PoolingOption,
@@ -127,6 +129,7 @@ def train_command(
     teacher_backbone: TeacherBackboneOption = "",
     distillation_weight: DistillationWeightOption = DEFAULT_DISTILLATION_WEIGHT,
     distillation_temperature: DistillationTemperatureOption = DEFAULT_DISTILLATION_TEMPERATURE,
+    mixup_alpha: MixupAlphaOption = DEFAULT_MIXUP_ALPHA,
     int8: Annotated[
         bool,
         typer.Option(
@@ -178,6 +181,7 @@ def train_command(
         teacher_backbone=teacher_backbone,
         distillation_weight=distillation_weight,
         distillation_temperature=distillation_temperature,
+        mixup_alpha=mixup_alpha,
     )
     if int8:
         from skin_mlops.modeling.quantize import check_method
