@@ -178,3 +178,26 @@ def test_head_ensemble_is_averaged_in_the_graph(tiny_backbone):
     expected = np.mean([keras_logits(h, features) for h in heads], axis=0)
     np.testing.assert_allclose(keras_logits(model, images), expected, rtol=1e-5, atol=1e-5)
     assert not np.allclose(expected, keras_logits(heads[0], features), atol=1e-4)
+
+
+def test_keras_outputs_trace_one_graph_per_model_for_every_batch_size() -> None:
+    """Batches of any size go through one traced graph, kept while the model lives."""
+    import gc
+    import weakref
+
+    import keras
+
+    from skin_mlops.modeling import export
+
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    images = np.random.default_rng(0).random((37, 4, 4, 3)).astype(np.float32)
+    for n in (5, 16, 37):
+        logits, score = export.keras_outputs(model, images[:n], batch_size=16)
+        np.testing.assert_allclose(logits, np.asarray(model(images[:n])), atol=1e-6)
+        assert score is None
+    assert export.inference_graph(model).experimental_get_tracing_count() == 1
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # the cache does not keep the model

@@ -21,10 +21,11 @@ steps:
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -197,6 +198,24 @@ def load_keras_model(path: Path, *, logits_only: bool = False) -> keras.Model:
     return model
 
 
+_INFERENCE_GRAPHS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def inference_graph(model: keras.Model) -> Any:
+    """The model's inference-mode ``tf.function``, traced once for any batch size and
+    kept for the model's lifetime (a new ``tf.function`` per call retraced each time, and
+    TensorFlow warned about it)."""
+    import tensorflow as tf
+
+    graph = _INFERENCE_GRAPHS.get(model)
+    if graph is None:
+        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+        held = weakref.ref(model)  # the cache must not keep the model alive
+        graph = tf.function(lambda x: held()(x, training=False), input_signature=[spec])
+        _INFERENCE_GRAPHS[model] = graph
+    return graph
+
+
 def keras_outputs(
     model: keras.Model, images: np.ndarray, batch_size: int = KERAS_EAGER_BATCH
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -204,7 +223,7 @@ def keras_outputs(
     ``tf.function`` graph (small batches by default: see :data:`KERAS_EAGER_BATCH`)."""
     import tensorflow as tf
 
-    graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    graph = inference_graph(model)
     logits, scores = [], []
     for i in range(0, len(images), batch_size):
         out = graph(tf.constant(images[i : i + batch_size]))
