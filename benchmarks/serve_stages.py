@@ -99,6 +99,18 @@ VARIANTS: dict[str, tuple[str, str, dict[str, str], list[str]]] = {
         [],
     ),
     "spin-on": ("chosen + ORT_SPINNING=on", "serve", {**CHOSEN_ENV, "ORT_SPINNING": "on"}, []),
+    "openvino": (
+        "chosen + FP32_ENGINE=openvino",
+        "serve",
+        {**CHOSEN_ENV, "FP32_ENGINE": "openvino"},
+        [],
+    ),
+    "openvino-b8": (
+        "FP32_ENGINE=openvino, MAX_BATCH_SIZE=8",
+        "serve",
+        {**CHOSEN_ENV, "FP32_ENGINE": "openvino", "MAX_BATCH_SIZE": "8"},
+        [],
+    ),
 }
 MLFLOW = "mlflow-pyfunc"
 

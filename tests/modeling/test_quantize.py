@@ -228,6 +228,29 @@ def test_model_precision_fp32_serves_the_float_model(int8_link: Path) -> None:
     assert (info["precision"], info["engine"]) == ("fp32", "onnxruntime")
 
 
+def test_fp32_engine_openvino_serves_the_float_model_with_the_same_answers(
+    int8_link: Path,
+) -> None:
+    """FP32_ENGINE=openvino: the fp32 file on OpenVINO (float32 inference), the same label
+    and probabilities as ONNX Runtime's fp32 within 1e-4; /model and the metrics say so."""
+    photo = encode(two_tone("green"))
+    answers = {}
+    for engine in ("onnxruntime", "openvino"):
+        with _client(int8_link, model_precision="fp32", fp32_engine=engine) as client:
+            info = client.get("/model").json()
+            answers[engine] = client.post(
+                "/predict", files={"file": ("p.png", photo, "image/png")}
+            ).json()
+            metrics = client.get("/metrics").text
+        assert (info["precision"], info["engine"]) == ("fp32", engine)
+        assert f'engine="{engine}"' in metrics
+    ort, ov = answers["onnxruntime"], answers["openvino"]
+    assert ov["label"] == ort["label"] == "green"
+    for a, b in zip(ort["top_k"], ov["top_k"], strict=True):
+        assert a["label"] == b["label"]
+        assert abs(a["probability"] - b["probability"]) <= 1e-4
+
+
 def test_asking_for_int8_when_the_export_has_none_is_refused_in_plain_words(
     export_dir: Path,
 ) -> None:

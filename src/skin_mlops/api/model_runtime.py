@@ -164,21 +164,25 @@ def choose_model(
     gate ran on an exact one is not what the gate measured (on dermnet5 such a model
     changed 20 of 129 predictions): ``auto`` serves fp32 instead, ``int8`` is refused.
 
+    fp32 runs on ``FP32_ENGINE`` (ONNX Runtime unless set; OpenVINO when asked for and
+    installed, else ONNX Runtime with a warning).
+
     Raises:
         ModelRefusedError: int8 asked for, but the export has none, its engine is
             missing or this CPU would not compute what its gate measured; a signature
             whose int8 file lies outside the export.
     """
     wanted = settings.model_precision
+    fp32 = export_format.ONNX_MODEL_FILE, "fp32", _fp32_engine(settings)
     if wanted == "fp32":
-        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+        return fp32
     if signature.int8 is None:
         if wanted == "int8":
             raise ModelRefusedError(
                 f"MODEL_PRECISION=int8, but model {signature.model_version} has no int8 model "
                 "(it did not pass the quality gate, or was trained with --no-int8)"
             )
-        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+        return fp32
     int8_file = Path(signature.int8.file)
     if int8_file.is_absolute() or ".." in int8_file.parts:
         raise ModelRefusedError(f"signature int8 file {int8_file} is outside the export")
@@ -191,7 +195,7 @@ def choose_model(
             signature.model_version,
             engine,
         )
-        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+        return fp32
     if not signature.int8.safe_on(arithmetic or cpu_int8_arithmetic()):
         why = (
             f"model {signature.model_version}'s int8 weights saturate on this CPU (x86 without "
@@ -200,8 +204,19 @@ def choose_model(
         if wanted == "int8":
             raise ModelRefusedError(f"MODEL_PRECISION=int8, but {why}; serve fp32 here")
         log.warning("%s: serving fp32", why)
-        return export_format.ONNX_MODEL_FILE, "fp32", "onnxruntime"
+        return fp32
     return int8_file, "int8", engine
+
+
+def _fp32_engine(settings: Settings) -> Engine:
+    """``FP32_ENGINE``, or ONNX Runtime (with a warning) when that engine is missing."""
+    engine: Engine = settings.fp32_engine
+    if engine != "onnxruntime" and not engine_available(engine):
+        log.warning(
+            "FP32_ENGINE=%s, but %s is not installed: serving on onnxruntime", *[engine] * 2
+        )
+        return "onnxruntime"
+    return engine
 
 
 def _check_spec(kind: str, expected: export_format.TensorSpec, actual: Any) -> None:

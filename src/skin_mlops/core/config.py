@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # passed training's quality gate, on the engine that gate ran on), fp32 (model/model.onnx
     # on ONNX Runtime), or auto: int8 when the export has one.
     model_precision: Literal["auto", "int8", "fp32"] = "auto"
+    # Who runs the fp32 model: ONNX Runtime, or OpenVINO (asked for float32 inference, so
+    # the same predictions; faster in batches on AVX-512 CPUs, no faster for one image).
+    fp32_engine: Literal["onnxruntime", "openvino"] = "onnxruntime"
     # Server-Timing header on every answer (each stage's ms: read, parse, decode, model,
     # json...; see skin_mlops.api.timing). The api_stage_seconds histogram is always on.
     server_timing: bool = True
