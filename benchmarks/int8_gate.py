@@ -9,7 +9,9 @@ on OpenVINO against fp32 on ONNX Runtime with the same gate the stage applies
 (``quantize.gate``: macro-F1 drop <= 0.005, top-1 and guard verdict agreement >= 99 %).
 Speed, the same process, 2 threads: one image (median of ``--single-runs`` calls) and
 photos/s in batches of 32 (median of ``--batch-runs``), fp32 on both engines included;
-the reference ``../shared/reference/lite0-288-fp32.onnx`` is timed beside them.
+the reference ``../shared/reference/lite0-288-fp32.onnx`` is timed beside them. The
+fp32 file on OpenVINO with bfloat16 inference (CPUs with AVX-512 BF16 or AMX) goes through
+the same gate (``--no-bf16`` leaves it out).
 
 Nothing is shipped; prints a table and writes ``benchmarks/out/int8_gate.json``.
 
@@ -40,7 +42,12 @@ from serve_common import OUT, int8_photos  # noqa: E402
 
 from skin_mlops import export_format  # noqa: E402
 from skin_mlops.modeling import quantize  # noqa: E402
-from skin_mlops.runtimes import ENGINES, cpu_int8_arithmetic, open_session  # noqa: E402
+from skin_mlops.runtimes import (  # noqa: E402
+    ENGINES,
+    OpenVinoSession,
+    cpu_int8_arithmetic,
+    open_session,
+)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lite0-288-fp32.onnx"
 console = Console(width=160)
@@ -74,6 +81,9 @@ def main(
         str, typer.Option(help="Comma-separated quantize.METHODS (percentile is slow: minutes).")
     ] = "ort-minmax,ort-minmax-7bit,nncf",
     engines: Annotated[str, typer.Option(help="Comma-separated engines.")] = ",".join(ENGINES),
+    bf16: Annotated[
+        bool, typer.Option(help="Also the fp32 file on OpenVINO with bfloat16 inference.")
+    ] = True,
 ) -> None:
     folder = export_format.resolve_export_dir(export)
     signature = export_format.read_signature(folder)
@@ -102,8 +112,17 @@ def main(
             quantize.quantize_onnx(prepared, calibration, signature.input.name, keep, path, method)
             console.print(f"{method}: quantized in {time.perf_counter() - t0:.0f} s")
             models[("int8", method)] = path
-        for (precision, method), path in models.items():
-            for engine in [e.strip() for e in engines.split(",") if e.strip()]:
+        runs = [
+            (precision, method, engine, path)
+            for (precision, method), path in models.items()
+            for engine in [e.strip() for e in engines.split(",") if e.strip()]
+        ]
+        if bf16:  # the fp32 file, OpenVINO running its float parts in bfloat16
+            runs.append(("bf16", "-", "openvino", fp32_path))
+        for precision, method, engine, path in runs:
+            if precision == "bf16":
+                session = OpenVinoSession(path, 2, precision="bf16")
+            else:
                 session = open_session(path, engine, 2)
                 report = quantize.gate(
                     signature, labels, fp32, quantize.predict(session, signature, images)
