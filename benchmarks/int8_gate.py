@@ -124,28 +124,28 @@ def main(
                 session = OpenVinoSession(path, 2, precision="bf16")
             else:
                 session = open_session(path, engine, 2)
-                report = quantize.gate(
-                    signature, labels, fp32, quantize.predict(session, signature, images)
-                )
-                p50, rate = _speed(session, signature.input.name, images, single_runs, batch_runs)
-                rows.append(
-                    {
-                        "precision": precision,
-                        "method": method,
-                        "engine": engine,
-                        "macro_f1": report.int8_macro_f1,
-                        "fp32_macro_f1": report.fp32_macro_f1,
-                        "top1_disagreements": report.top1_disagreements,
-                        "top1_agreement": report.top1_agreement,
-                        "guard_agreement": report.guard_agreement,
-                        "passed": report.passed,
-                        "reasons": report.reasons,
-                        "p50_ms": p50,
-                        "photos_per_s_b32": rate,
-                        "mb": path.stat().st_size / 1e6,
-                        "cpu_int8_arithmetic": cpu_int8_arithmetic(),
-                    }
-                )
+            report = quantize.gate(
+                signature, labels, fp32, quantize.predict(session, signature, images)
+            )
+            p50, rate = _speed(session, signature.input.name, images, single_runs, batch_runs)
+            rows.append(
+                {
+                    "precision": precision,
+                    "method": method,
+                    "engine": engine,
+                    "macro_f1": report.int8_macro_f1,
+                    "fp32_macro_f1": report.fp32_macro_f1,
+                    "top1_disagreements": report.top1_disagreements,
+                    "top1_agreement": report.top1_agreement,
+                    "guard_agreement": report.guard_agreement,
+                    "passed": report.passed,
+                    "reasons": report.reasons,
+                    "p50_ms": p50,
+                    "photos_per_s_b32": rate,
+                    "mb": path.stat().st_size / 1e6,
+                    "cpu_int8_arithmetic": cpu_int8_arithmetic(),
+                }
+            )
         if REFERENCE.is_file():
             p50, rate = _speed(
                 open_session(REFERENCE, "onnxruntime", 2), "image", images, single_runs, batch_runs
