@@ -37,6 +37,8 @@ LEVERS: dict[str, list[str]] = {
     DEFAULT: [],  # Lite0 at 288 px, multi pooling, 12 views, 1 head
     "lite0-224": ["--image-size", "224"],
     "lite0-256": ["--image-size", "256"],
+    "lite0-320": ["--image-size", "320"],
+    "lite0-352": ["--image-size", "352"],
     # a 224 px student taught by the default 288 px recipe (skin_mlops.modeling.distill)
     "lite0-224-distil": ["--image-size", "224", "--teacher-image-size", "288"],
     # mixup on the cached features (skin_mlops.modeling.heads.mix_batch)
