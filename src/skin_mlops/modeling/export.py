@@ -211,7 +211,13 @@ def inference_graph(model: keras.Model) -> Any:
     if graph is None:
         spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
         held = weakref.ref(model)  # the cache must not keep the model alive
-        graph = tf.function(lambda x: held()(x, training=False), input_signature=[spec])
+
+        def call(x: Any) -> Any:
+            live = held()
+            assert live is not None  # the graph lives in the cache only while the model does
+            return live(x, training=False)
+
+        graph = tf.function(call, input_signature=[spec])
         _INFERENCE_GRAPHS[model] = graph
     return graph
 
