@@ -251,6 +251,22 @@ def test_fp32_engine_openvino_serves_the_float_model_with_the_same_answers(
         assert abs(a["probability"] - b["probability"]) <= 1e-4
 
 
+def test_fp32_engine_openvino_falls_back_to_onnx_runtime_when_it_is_missing(
+    int8_link: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from skin_mlops.api import model_runtime
+
+    monkeypatch.setattr(model_runtime, "engine_available", lambda engine: engine != "openvino")
+    with _client(int8_link, model_precision="fp32", fp32_engine="openvino") as client:
+        info = client.get("/model").json()
+        body = client.post(
+            "/predict", files={"file": ("p.png", encode(two_tone("green")), "image/png")}
+        ).json()
+    assert (info["precision"], info["engine"]) == ("fp32", "onnxruntime")
+    assert body["label"] == "green"
+    assert "FP32_ENGINE=openvino, but it is not installed" in caplog.text
+
+
 def test_asking_for_int8_when_the_export_has_none_is_refused_in_plain_words(
     export_dir: Path,
 ) -> None:

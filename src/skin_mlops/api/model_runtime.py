@@ -173,16 +173,15 @@ def choose_model(
             whose int8 file lies outside the export.
     """
     wanted = settings.model_precision
-    fp32 = export_format.ONNX_MODEL_FILE, "fp32", _fp32_engine(settings)
     if wanted == "fp32":
-        return fp32
+        return _fp32(settings)
     if signature.int8 is None:
         if wanted == "int8":
             raise ModelRefusedError(
                 f"MODEL_PRECISION=int8, but model {signature.model_version} has no int8 model "
                 "(it did not pass the quality gate, or was trained with --no-int8)"
             )
-        return fp32
+        return _fp32(settings)
     int8_file = Path(signature.int8.file)
     if int8_file.is_absolute() or ".." in int8_file.parts:
         raise ModelRefusedError(f"signature int8 file {int8_file} is outside the export")
@@ -195,7 +194,7 @@ def choose_model(
             signature.model_version,
             engine,
         )
-        return fp32
+        return _fp32(settings)
     if not signature.int8.safe_on(arithmetic or cpu_int8_arithmetic()):
         why = (
             f"model {signature.model_version}'s int8 weights saturate on this CPU (x86 without "
@@ -204,19 +203,18 @@ def choose_model(
         if wanted == "int8":
             raise ModelRefusedError(f"MODEL_PRECISION=int8, but {why}; serve fp32 here")
         log.warning("%s: serving fp32", why)
-        return fp32
+        return _fp32(settings)
     return int8_file, "int8", engine
 
 
-def _fp32_engine(settings: Settings) -> Engine:
-    """``FP32_ENGINE``, or ONNX Runtime (with a warning) when that engine is missing."""
+def _fp32(settings: Settings) -> tuple[Path, str, Engine]:
+    """The fp32 model on ``FP32_ENGINE``, or on ONNX Runtime (with a warning) when that
+    engine is not installed."""
     engine: Engine = settings.fp32_engine
     if engine != "onnxruntime" and not engine_available(engine):
-        log.warning(
-            "FP32_ENGINE=%s, but %s is not installed: serving on onnxruntime", *[engine] * 2
-        )
-        return "onnxruntime"
-    return engine
+        log.warning("FP32_ENGINE=%s, but it is not installed: serving on onnxruntime", engine)
+        engine = "onnxruntime"
+    return export_format.ONNX_MODEL_FILE, "fp32", engine
 
 
 def _check_spec(kind: str, expected: export_format.TensorSpec, actual: Any) -> None:

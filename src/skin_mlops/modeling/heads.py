@@ -238,9 +238,8 @@ def mix_batch(
     lam = np.maximum(lam, 1 - lam)
     partner = rng.permutation(len(features))
     mixed = lam * features + (1 - lam) * features[partner]
-    return mixed.astype(np.float32), (lam * targets + (1 - lam) * targets[partner]).astype(
-        np.float32
-    )
+    mixed_targets = lam * targets + (1 - lam) * targets[partner]
+    return mixed.astype(np.float32), mixed_targets.astype(np.float32)
 
 
 def train_head(
