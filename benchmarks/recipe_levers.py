@@ -43,6 +43,9 @@ LEVERS: dict[str, list[str]] = {
     "lite0-224-distil": ["--image-size", "224", "--teacher-image-size", "288"],
     # mixup on the cached features (skin_mlops.modeling.heads.mix_batch)
     "mixup": ["--mixup-alpha", "0.4"],
+    # fine-tuning Lite0's block 7a + head conv per fold on cached block-6d maps (with the
+    # multi pooling's stage 4/5 averages riding along), BatchNorm frozen, lr / 10
+    "fine-tune-8": ["--fine-tune-layers", "8"],
     "lite1": ["--backbone", "efficientnet_lite1"],
     "lite2": ["--backbone", "efficientnet_lite2"],
     "lite2-320": ["--backbone", "efficientnet_lite2", "--image-size", "320"],

@@ -115,15 +115,40 @@ def test_cv_logs_a_parent_and_one_child_run_per_fold(
     assert sum(1 for h in heldout if pair <= h) == 1
 
 
-def test_cv_refuses_the_fine_tuning_recipe(tmp_path: Path, settings_factory) -> None:
+def test_cv_fine_tunes_each_fold_from_the_imagenet_top(
+    tmp_path: Path, colour_dataset_factory, settings_factory, backbone_factory
+) -> None:
+    """``--fine-tune-layers``: the activation maps are cached once, every fold fine-tunes
+    its own top (curves in its child run), and the backbone is left as it came."""
     import dataclasses
 
-    with pytest.raises(ConfigError, match="--fine-tune-layers 0"):
-        cross_validate(
-            tmp_path / "none.yaml",
-            settings=settings_factory(tmp_path),
-            options=dataclasses.replace(OPTIONS, fine_tune_layers=2),
-        )
+    import mlflow
+
+    dataset = colour_dataset_factory(tmp_path, per_label={"train": 4, "val": 2})
+    settings = settings_factory(tmp_path)
+    run_ingestion(dataset.config_path, ["train", "val"], settings=settings)
+    backbone = backbone_factory(seed=5)
+    before = [w.copy() for w in backbone.model.get_weights()]
+    options = dataclasses.replace(OPTIONS, fine_tune_layers=1, fine_tune_epochs=2)
+    result = cross_validate(
+        dataset.config_path,
+        settings=settings,
+        options=options,
+        folds=2,
+        backbone=backbone,
+        show_progress=False,
+    )
+    assert result.summary["cv_macro_f1_mean"] > 0.8  # the colours are learnable
+    assert result.timings["fine_tuning"] > 0
+    for kept, now in zip(before, backbone.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, now)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    parent = client.get_run(result.run_id)
+    assert parent.data.params["fine_tune_layers"] == "1"
+    assert parent.data.params["fine_tune_cut"].startswith("tiny_conv+")
+    for fold in result.folds:
+        curve = client.get_metric_history(fold.run_id, "finetune_epoch_train_loss")
+        assert [m.step for m in curve] == [1, 2]
 
 
 def test_cv_of_a_canonical_backbone_keeps_every_top1_under_turns(

@@ -20,7 +20,11 @@ choose between recipes. Cross-validation scores the recipe on every photo instea
    (``oof_*``: ECE on the whole set has a much lower noise floor than a fold's), and a
    PNG (per-fold macro-F1, per-class F1 mean +- std).
 
-Only the frozen-feature recipe is cross-validated (``--fine-tune-layers 0``, the default).
+With ``--fine-tune-layers N`` the cache holds the activation maps at the cut
+(:func:`skin_mlops.modeling.fine_tune.split_backbone`) once for all folds; each fold starts
+the backbone's top from its ImageNet weights, trains the heads, fine-tunes the top and the
+heads on the fold's own maps (as ``train`` does), and pools its held-out maps through that
+fold's top.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from skin_mlops.modeling.data import (
     load_records,
 )
 from skin_mlops.modeling.features import DIHEDRAL_VIEWS
+from skin_mlops.modeling.fine_tune import BackboneSplit, fine_tune_on_maps, pool_maps
 from skin_mlops.modeling.heads import make_progress, train_heads
 from skin_mlops.modeling.options import (
     DEFAULT_BACKBONE,
@@ -59,6 +64,8 @@ from skin_mlops.modeling.options import (
     DEFAULT_DISTILLATION_TEMPERATURE,
     DEFAULT_DISTILLATION_WEIGHT,
     DEFAULT_EPOCHS,
+    DEFAULT_FINE_TUNE_EPOCHS,
+    DEFAULT_FINE_TUNE_LAYERS,
     DEFAULT_HEADS,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_LEARNING_RATE,
@@ -80,6 +87,8 @@ from skin_mlops.modeling.recipe_cli import (
     DistillationTemperatureOption,
     DistillationWeightOption,
     EpochsOption,
+    FineTuneEpochsOption,
+    FineTuneLayersOption,
     HeadsOption,
     ImageSizeOption,
     LearningRateOption,
@@ -95,6 +104,9 @@ from skin_mlops.modeling.recipe_cli import (
 )
 
 if TYPE_CHECKING:
+    import keras
+    from rich.progress import Progress
+
     from skin_mlops.metadata import LesionRecord
     from skin_mlops.modeling.backbones import Backbone
     from skin_mlops.storage import ObjectStore
@@ -194,7 +206,7 @@ def cross_validate(
 
     Raises:
         SkinMlopsError: anything a user can fix, as one line (no ingested data, too few
-            photos for the folds, MLflow or the store unreachable, fine-tuning asked).
+            photos for the folds, MLflow or the store unreachable).
     """
     import mlflow
 
@@ -208,11 +220,6 @@ def cross_validate(
     settings = settings or get_settings()
     options = options or TrainingOptions()
     console = console or Console()
-    if options.fine_tune_layers:
-        raise ConfigError(
-            "skin-mlops cv cross-validates the frozen-feature recipe: run it with "
-            "--fine-tune-layers 0"
-        )
     config = load_dataset_config(dataset_config or settings.dataset_config)
     labels = list(config.labels)
 
@@ -270,6 +277,10 @@ def cross_validate(
                 timings,
                 evaluation_dihedral_views=DIHEDRAL_VIEWS,
             )
+            split = features.split
+            pretrained_top = split.top.get_weights() if split else None
+            if split:
+                mlflow.log_param("fine_tune_cut", split.description)
             teacher = None
             if options.distils:  # the teacher's features once; its heads per fold
                 with stages.timed(timings, "teacher_features"):
@@ -301,7 +312,23 @@ def cross_validate(
                         progress,
                         targets,
                     )
-                    held = features.evaluation[held_rows]
+                    if split is None:
+                        held = features.evaluation[held_rows]
+                    else:  # this fold's own fine-tuned top, from the ImageNet weights
+                        with stages.timed(timings, "fine_tuning"):
+                            held = fine_tune_fold(
+                                split,
+                                pretrained_top,
+                                backbone,
+                                heads,
+                                features,
+                                fit_rows,
+                                held_rows,
+                                y,
+                                len(labels),
+                                options,
+                                progress,
+                            )
                     logits = stages.ensemble_logits(heads, held[:, :tta])
                     heldout_logits[held_rows] = logits
                     heldout_top1[held_rows] = stages.dihedral_top1(heads, held, tta)
@@ -323,6 +350,8 @@ def cross_validate(
                         FoldResult(k, child.info.run_id, len(fit_rows), len(held_rows), metrics)
                     )
                     keras.backend.clear_session()
+        if split is not None and pretrained_top is not None:
+            split.top.set_weights(pretrained_top)  # leave the backbone as it came
         summary = summarise(results, labels)
         if teacher is not None:
             taught = [fold.metrics["teacher_oof_macro_f1"] for fold in results]
@@ -351,6 +380,40 @@ def cross_validate(
     return CrossValidationResult(
         parent.info.run_id, results, summary, len(rows), n_groups, labels, timings
     )
+
+
+def fine_tune_fold(
+    split: BackboneSplit,
+    pretrained_top: list[np.ndarray] | None,
+    backbone: Backbone,
+    heads: list[keras.Model],
+    features: stages.FrozenFeatures,
+    fit_rows: np.ndarray,
+    held_rows: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    options: TrainingOptions,
+    progress: Progress,
+) -> np.ndarray:
+    """Fine-tune the backbone's top (reset to its ImageNet weights) and ``heads`` on the
+    fold's cached maps; return the held-out photos' pooled features ``[N, V, D]`` through
+    the fine-tuned top (every evaluation view), for the same scoring as the frozen recipe."""
+    if pretrained_top is not None:
+        split.top.set_weights(pretrained_top)
+    evaluation_maps = features.evaluation_table.features
+    fine_tune_on_maps(
+        split,
+        backbone.model,
+        heads,
+        features.train_table.features[fit_rows],
+        y[fit_rows],
+        evaluation_maps[held_rows, 0],
+        y[held_rows],
+        num_classes,
+        options,
+        progress,
+    )
+    return pool_maps(split.top, evaluation_maps[held_rows], split.map_shape)
 
 
 def plot_cv(
@@ -422,6 +485,8 @@ def cv_command(
     orientation: OrientationOption = DEFAULT_ORIENTATION,
     heads: HeadsOption = DEFAULT_HEADS,
     tta_views: TtaViewsOption = DEFAULT_TTA_VIEWS,
+    fine_tune_layers: FineTuneLayersOption = DEFAULT_FINE_TUNE_LAYERS,
+    fine_tune_epochs: FineTuneEpochsOption = DEFAULT_FINE_TUNE_EPOCHS,
     seed: SeedOption = DEFAULT_SEED,
     ood_pass_rate: OodPassRateOption = DEFAULT_OOD_PASS_RATE,
     teacher_image_size: TeacherImageSizeOption = DEFAULT_TEACHER_IMAGE_SIZE,
@@ -445,6 +510,8 @@ def cv_command(
         dihedral_views=dihedral_views,
         heads=heads,
         tta_views=tta_views,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
         seed=seed,
         ood_pass_rate=ood_pass_rate,
         teacher_image_size=teacher_image_size,

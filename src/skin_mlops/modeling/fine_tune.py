@@ -52,9 +52,11 @@ def render_images(
 class BackboneSplit:
     """A backbone cut in two at a block boundary, for cached fine-tuning.
 
-    ``bottom`` (frozen) maps images to the activation map at ``cut``; its outputs are
-    cached like features. ``top`` maps that activation to the pooled features and holds
-    every layer that fine-tuning unfreezes (its layers are the backbone's own objects, so
+    ``bottom`` (frozen) maps images to one flat vector per image: the activation map at
+    ``cut``, followed by any pooled side taps that reach the output around the cut (the
+    ``multi`` pooling's averages of stages 4 and 5); its outputs are cached like features.
+    ``top`` maps that vector (shape ``map_shape``) to the pooled features and holds every
+    layer that fine-tuning unfreezes (its layers are the backbone's own objects, so
     training ``top`` trains the exported model).
     """
 
@@ -62,13 +64,59 @@ class BackboneSplit:
     top: keras.Model
     cut: str
     map_shape: tuple[int, ...]
+    #: the pooled side taps' layer names and sizes, in the cached vector's order
+    taps: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def cache_key(self) -> str:
+        """What the cached vectors are, for the feature cache's key: the cut and the taps'
+        sizes (not their names: Keras numbers unnamed layers per process)."""
+        return self.cut + "".join(f"+tap{size}" for _, size in self.taps)
+
+    @property
+    def description(self) -> str:
+        """The cut and its taps by name (the ``fine_tune_cut`` param)."""
+        return "+".join([self.cut, *(name for name, _ in self.taps)])
+
+
+def _producers(layer: Any) -> list[Any]:
+    """The layers whose outputs feed ``layer`` (its first call in the graph)."""
+    node = layer._inbound_nodes[0]  # noqa: SLF001 - Keras keeps a layer's graph edges here
+    return [tensor._keras_history[0] for tensor in node.input_tensors]  # noqa: SLF001
+
+
+def _frontier(model: keras.Model, cut: Any) -> tuple[set[str], list[Any]]:
+    """The layers downstream of ``cut`` and, in graph order, every layer outside them
+    whose output they consume (``cut`` first): the inputs a top sub-model needs."""
+    import keras
+
+    consumers: dict[str, list[Any]] = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.InputLayer):
+            for producer in _producers(layer):
+                consumers.setdefault(producer.name, []).append(layer)
+    downstream: set[str] = set()
+    stack = [cut]
+    while stack:
+        for consumer in consumers.get(stack.pop().name, []):
+            if consumer.name not in downstream:
+                downstream.add(consumer.name)
+                stack.append(consumer)
+    inputs = [cut]
+    for layer in model.layers:
+        if layer.name in downstream:
+            inputs += [p for p in _producers(layer) if p.name not in downstream and p not in inputs]
+    return downstream, inputs
 
 
 def split_backbone(backbone: Backbone, fine_tune_layers: int) -> BackboneSplit:
     """Cut ``backbone`` just below its top ``fine_tune_layers`` weight-carrying layers.
 
-    The cut is the last layer before them whose output alone determines the rest of the
-    graph (a block boundary); found by trying to build the top sub-model from it.
+    The cut is the last layer before them whose output, together with pooled side taps
+    only (rank-2 vectors from below the cut, e.g. the ``multi`` pooling's stage 4/5
+    averages), determines every unfrozen layer and the output: a block boundary. So with
+    ``multi`` pooling, ``--fine-tune-layers 8`` on Lite0 caches block 6d's 9x9x192 map and
+    the two stage averages, not the 18x18 map below stage 5.
 
     Raises:
         ConfigError: ``fine_tune_layers`` exceeds the backbone, or no cut exists.
@@ -84,24 +132,40 @@ def split_backbone(backbone: Backbone, fine_tune_layers: int) -> BackboneSplit:
             f"--fine-tune-layers must be between 1 and {len(weighted)} for {backbone.name} "
             f"(got {fine_tune_layers})"
         )
+    unfrozen = {layer.name for layer in weighted[-fine_tune_layers:]}
     first = model.layers.index(weighted[-fine_tune_layers])
     for candidate in reversed(model.layers[:first]):
         if isinstance(candidate, keras.layers.InputLayer):
             break
-        try:
-            top = keras.Model(candidate.output, model.output, name=f"{model.name}_top")
-        except Exception:  # noqa: BLE001 - not a separating cut (a skip connection crosses)
-            continue
-        map_shape = tuple(int(d) for d in candidate.output.shape[1:])
-        bottom_model = keras.Model(model.input, candidate.output, name=f"{model.name}_bottom")
+        downstream, inputs = _frontier(model, candidate)
+        if not unfrozen <= downstream or any(
+            len(tap.output.shape) != 2 or tap.name in unfrozen for tap in inputs[1:]
+        ):
+            continue  # a skip connection crosses the cut, or an unfrozen layer is below it
+        shapes = [tuple(int(d) for d in layer.output.shape[1:]) for layer in inputs]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        flat = [keras.layers.Flatten()(layer.output) for layer in inputs]
+        bottom_output = keras.layers.Concatenate()(flat) if len(flat) > 1 else flat[0]
+        bottom_model = keras.Model(model.input, bottom_output, name=f"{model.name}_bottom")
+        inner = keras.Model([layer.output for layer in inputs], model.output)
+        vector = keras.Input((sum(sizes),), name="activation_map")
+        offsets = np.cumsum([0, *sizes])
+        parts = [
+            keras.layers.Reshape(shape)(vector[:, int(start) : int(stop)])
+            if len(shape) > 1
+            else vector[:, int(start) : int(stop)]
+            for shape, start, stop in zip(shapes, offsets[:-1], offsets[1:], strict=True)
+        ]
+        top = keras.Model(vector, inner(parts), name=f"{model.name}_top")
         bottom = BackboneType(
             name=backbone.name,
             model=bottom_model,
             weights_sha256=backbone.weights_sha256,
             image_size=backbone.image_size,
-            feature_dim=int(np.prod(map_shape)),
+            feature_dim=sum(sizes),
         )
-        return BackboneSplit(bottom, top, candidate.name, map_shape)
+        taps = tuple((layer.name, size) for layer, size in zip(inputs[1:], sizes[1:], strict=True))
+        return BackboneSplit(bottom, top, candidate.name, (sum(sizes),), taps)
     raise ConfigError(f"no block boundary below the top {fine_tune_layers} layers to cut at")
 
 

@@ -22,6 +22,17 @@ BackboneOption = Annotated[
         "efficientnet_b0."
     ),
 ]
+FineTuneLayersOption = Annotated[
+    int,
+    typer.Option(
+        help="Fine-tune the top N backbone layers (weight layers, BatchNorm counted but "
+        "kept frozen) on cached activation maps after the head (0 = off; 8 = Lite0's "
+        "block 7a and head conv)."
+    ),
+]
+FineTuneEpochsOption = Annotated[
+    int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
+]
 ImageSizeOption = Annotated[int, typer.Option(help="Input side S in pixels.")]
 ViewsOption = Annotated[
     int, typer.Option(help="Cached views per training photo (1 = no augmentation).")

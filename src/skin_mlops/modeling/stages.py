@@ -179,7 +179,7 @@ def frozen_features(
         # with fine-tuning, the cache holds the activation map at the cut, and the
         # pooled features are the (still frozen) top applied to it
         extractor = split.bottom if split else backbone
-        cache_key = options.backbone_options_key + (f",cut={split.cut}" if split else "")
+        cache_key = options.backbone_options_key + (f",cut={split.cache_key}" if split else "")
         train_views = options.train_view_ids()
         train_table = extract_features(
             extractor,

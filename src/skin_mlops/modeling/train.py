@@ -293,7 +293,7 @@ def train_and_track(
             }
         )
         if split:
-            mlflow.log_param("fine_tune_cut", split.cut)
+            mlflow.log_param("fine_tune_cut", split.description)
 
         # 4. head(s) on cached features (with --int8: the int8 backbone's errors, measured
         # for the guard; teaching them to the head too changed no flip: 9 of 127 either way)

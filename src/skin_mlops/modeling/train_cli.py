@@ -45,6 +45,8 @@ from skin_mlops.modeling.recipe_cli import (
     DistillationTemperatureOption,
     DistillationWeightOption,
     EpochsOption,
+    FineTuneEpochsOption,
+    FineTuneLayersOption,
     HeadsOption,
     ImageSizeOption,
     LearningRateOption,
@@ -105,16 +107,8 @@ def train_command(
     orientation: OrientationOption = DEFAULT_ORIENTATION,
     heads: HeadsOption = DEFAULT_HEADS,
     tta_views: TtaViewsOption = DEFAULT_TTA_VIEWS,
-    fine_tune_layers: Annotated[
-        int,
-        typer.Option(
-            help="Fine-tune the top N backbone layers (weight layers, BatchNorm counted but "
-            "kept frozen) on cached activation maps after the head (0 = off)."
-        ),
-    ] = DEFAULT_FINE_TUNE_LAYERS,
-    fine_tune_epochs: Annotated[
-        int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
-    ] = DEFAULT_FINE_TUNE_EPOCHS,
+    fine_tune_layers: FineTuneLayersOption = DEFAULT_FINE_TUNE_LAYERS,
+    fine_tune_epochs: FineTuneEpochsOption = DEFAULT_FINE_TUNE_EPOCHS,
     seed: SeedOption = DEFAULT_SEED,
     keep_leaked_val: Annotated[
         bool,
