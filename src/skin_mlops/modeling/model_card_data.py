@@ -45,6 +45,8 @@ RECIPE_PARAMS = (
     "teacher_image_size",  # absent (None) in a run without distillation
     "teacher_backbone",
     "mixup_alpha",  # absent (None) in a run without mixup
+    "fine_tune_layers",
+    "fine_tune_epochs",  # absent (None) in a run without fine-tuning
 )
 
 
