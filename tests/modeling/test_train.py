@@ -649,10 +649,34 @@ def test_cli_train_help_lists_the_options(tmp_path) -> None:
         "--views",
         "--fine-tune-layers",
         "--mixup-alpha",
+        "--hidden-units",
+        "--input-dropout",
+        "--dropout",
+        "--label-smoothing",
+        "--weight-decay",
         "--keep-leaked-val",
         "--promotion-min-delta",
     ):
         assert option in done.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--weight-decay", "-1", "--weight-decay must be >= 0"),
+        ("--dropout", "1.5", "--dropout must be in [0, 1)"),
+        ("--hidden-units", "-4", "--hidden-units must be >= 0"),
+    ],
+)
+def test_cli_head_options_are_checked_in_one_line(
+    tmp_path, command: str, flag: str, value: str, message: str
+) -> None:
+    """The head's hyper-parameters are recipe flags of both ``train`` and ``cv``."""
+    done = _cli([command, flag, value], tmp_path, {"COLUMNS": "300"})
+    assert done.returncode != 0
+    assert message in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout
 
 
 def test_cli_train_without_ingestion_prints_one_red_line(

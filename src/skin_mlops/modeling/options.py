@@ -115,15 +115,16 @@ class TrainingOptions:
                 self.tta_views in (1, 2, 4, 8),
                 f"--tta-views must be 1, 2, 4 or 8 (got {self.tta_views})",
             ),
-            (0 <= self.dropout < 1, f"dropout must be in [0, 1) (got {self.dropout})"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout})"),
             (
                 0 <= self.input_dropout < 1,
-                f"input dropout must be in [0, 1) (got {self.input_dropout})",
+                f"--input-dropout must be in [0, 1) (got {self.input_dropout})",
             ),
-            (self.hidden_units >= 0, f"hidden units must be >= 0 (got {self.hidden_units})"),
+            (self.hidden_units >= 0, f"--hidden-units must be >= 0 (got {self.hidden_units})"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
             (
                 0 <= self.label_smoothing < 1,
-                f"label smoothing must be in [0, 1) (got {self.label_smoothing})",
+                f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})",
             ),
             (
                 self.fine_tune_layers >= 0,

@@ -22,6 +22,15 @@ BackboneOption = Annotated[
         "efficientnet_b0."
     ),
 ]
+HiddenUnitsOption = Annotated[
+    int, typer.Option(help="Units of the head's hidden layer (0 = a linear head).")
+]
+InputDropoutOption = Annotated[
+    float, typer.Option(help="Dropout on the head's input features, in [0, 1).")
+]
+DropoutOption = Annotated[float, typer.Option(help="Dropout after the head's hidden layer.")]
+LabelSmoothingOption = Annotated[float, typer.Option(help="Label smoothing, in [0, 1).")]
+WeightDecayOption = Annotated[float, typer.Option(help="AdamW weight decay of the head, >= 0.")]
 FineTuneLayersOption = Annotated[
     int,
     typer.Option(
