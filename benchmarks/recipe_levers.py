@@ -46,6 +46,13 @@ LEVERS: dict[str, list[str]] = {
     # fine-tuning Lite0's block 7a + head conv per fold on cached block-6d maps (with the
     # multi pooling's stage 4/5 averages riding along), BatchNorm frozen, lr / 10
     "fine-tune-8": ["--fine-tune-layers", "8"],
+    # the head's own hyper-parameters (default: MLP-512, dropout 0.2 in / 0.5 hidden,
+    # weight decay 1e-4, label smoothing 0.1)
+    "linear-head": ["--hidden-units", "0"],
+    "head-1024": ["--hidden-units", "1024"],
+    "dropout-0.7": ["--input-dropout", "0.4", "--dropout", "0.7"],
+    "weight-decay-1e-3": ["--weight-decay", "1e-3"],
+    "label-smoothing-0.2": ["--label-smoothing", "0.2"],
     "lite1": ["--backbone", "efficientnet_lite1"],
     "lite2": ["--backbone", "efficientnet_lite2"],
     "lite2-320": ["--backbone", "efficientnet_lite2", "--image-size", "320"],
@@ -106,6 +113,7 @@ def row(name: str, flags: list[str], run: dict, wall_s: float) -> dict:
         # worst of the 7 quarter turns / mirror images: share of photos keeping the top-1
         # (absent from runs made before cv measured it)
         "dihedral_agreement_min": m.get("oof_dihedral_agreement_min"),
+        "peak_rss_mb": m.get("peak_rss_mb"),  # the cv process's peak resident memory
         "wall_s": round(wall_s, 1),
     }
 
@@ -127,11 +135,16 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| lever | flags | CV macro-F1 | gain vs default (± SE) | accuracy | worst class F1 "
-        "| OOF ECE before → after | top-1 kept by a turn (worst) | wall s | kept |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| OOF ECE before → after | top-1 kept by a turn (worst) | wall s | peak RSS MiB "
+        "| kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
@@ -140,7 +153,7 @@ def markdown(rows: list[dict]) -> str:
             f"{r['cv_accuracy_mean']:.3f} | {r['worst_class_f1']:.3f} | "
             f"{r['oof_ece_before']:.3f} → {r['oof_ece_after']:.3f} | "
             f"{_share(r.get('dihedral_agreement_min'))} | {r['wall_s']:.0f} | "
-            f"{'yes' if r['kept'] else 'no'} |"
+            f"{_mib(r.get('peak_rss_mb'))} | {'yes' if r['kept'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -177,6 +190,7 @@ def main(
             r["dihedral_agreement_min"] = stored[r["run_id"]]["metrics"].get(
                 "oof_dihedral_agreement_min"
             )
+            r["peak_rss_mb"] = stored[r["run_id"]]["metrics"].get("peak_rss_mb")
     for name in [n for n in names if not (refresh_only and n in rows)]:
         console.rule(f"lever {name}")
         started = time.perf_counter()
