@@ -35,7 +35,7 @@ app.command("ingest")(ingest_command)
 from skin_mlops.modeling.train_cli import train_command  # noqa: E402
 
 app.command("train")(train_command)
-from skin_mlops.modeling.cross_validate import cv_command  # noqa: E402
+from skin_mlops.modeling.cv_cli import cv_command  # noqa: E402
 
 app.command("cv")(cv_command)
 from skin_mlops.modeling.model_card import model_card_command  # noqa: E402

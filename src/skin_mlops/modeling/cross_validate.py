@@ -33,18 +33,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import numpy as np
-import typer
 from rich.console import Console
-from rich.table import Table
 
-from skin_mlops.core.cli_options import DatasetConfigOption
 from skin_mlops.core.config import Settings, get_settings
 from skin_mlops.core.errors import ConfigError
 from skin_mlops.dataset_config import load_dataset_config
-from skin_mlops.modeling import distill, stages
+from skin_mlops.modeling import distill, fine_tune, stages
 from skin_mlops.modeling.data import (
     TRAIN_SPLIT,
     VAL_SPLIT,
@@ -55,68 +52,10 @@ from skin_mlops.modeling.data import (
     load_records,
 )
 from skin_mlops.modeling.features import DIHEDRAL_VIEWS
-from skin_mlops.modeling.fine_tune import BackboneSplit, fine_tune_on_maps, pool_maps
 from skin_mlops.modeling.heads import make_progress, train_heads
-from skin_mlops.modeling.options import (
-    DEFAULT_BACKBONE,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_DIHEDRAL_VIEWS,
-    DEFAULT_DISTILLATION_TEMPERATURE,
-    DEFAULT_DISTILLATION_WEIGHT,
-    DEFAULT_DROPOUT,
-    DEFAULT_EPOCHS,
-    DEFAULT_FINE_TUNE_EPOCHS,
-    DEFAULT_FINE_TUNE_LAYERS,
-    DEFAULT_HEADS,
-    DEFAULT_HIDDEN_UNITS,
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_INPUT_DROPOUT,
-    DEFAULT_LABEL_SMOOTHING,
-    DEFAULT_LEARNING_RATE,
-    DEFAULT_MIXUP_ALPHA,
-    DEFAULT_OOD_PASS_RATE,
-    DEFAULT_ORIENTATION,
-    DEFAULT_POOLING,
-    DEFAULT_SEED,
-    DEFAULT_TEACHER_IMAGE_SIZE,
-    DEFAULT_TTA_VIEWS,
-    DEFAULT_VIEWS,
-    DEFAULT_WEIGHT_DECAY,
-    TrainingOptions,
-    backbone_build_options,
-)
-from skin_mlops.modeling.recipe_cli import (
-    BackboneOption,
-    BatchSizeOption,
-    DihedralViewsOption,
-    DistillationTemperatureOption,
-    DistillationWeightOption,
-    DropoutOption,
-    EpochsOption,
-    FineTuneEpochsOption,
-    FineTuneLayersOption,
-    HeadsOption,
-    HiddenUnitsOption,
-    ImageSizeOption,
-    InputDropoutOption,
-    LabelSmoothingOption,
-    LearningRateOption,
-    MixupAlphaOption,
-    OodPassRateOption,
-    OrientationOption,
-    PoolingOption,
-    SeedOption,
-    TeacherBackboneOption,
-    TeacherImageSizeOption,
-    TtaViewsOption,
-    ViewsOption,
-    WeightDecayOption,
-)
+from skin_mlops.modeling.options import TrainingOptions
 
 if TYPE_CHECKING:
-    import keras
-    from rich.progress import Progress
-
     from skin_mlops.metadata import LesionRecord
     from skin_mlops.modeling.backbones import Backbone
     from skin_mlops.storage import ObjectStore
@@ -326,7 +265,7 @@ def cross_validate(
                         held = features.evaluation[held_rows]
                     else:  # this fold's own fine-tuned top, from the ImageNet weights
                         with stages.timed(timings, "fine_tuning"):
-                            held = fine_tune_fold(
+                            held = fine_tune.fine_tune_fold(
                                 split,
                                 pretrained_top,
                                 backbone,
@@ -392,40 +331,6 @@ def cross_validate(
     )
 
 
-def fine_tune_fold(
-    split: BackboneSplit,
-    pretrained_top: list[np.ndarray] | None,
-    backbone: Backbone,
-    heads: list[keras.Model],
-    features: stages.FrozenFeatures,
-    fit_rows: np.ndarray,
-    held_rows: np.ndarray,
-    y: np.ndarray,
-    num_classes: int,
-    options: TrainingOptions,
-    progress: Progress,
-) -> np.ndarray:
-    """Fine-tune the backbone's top (reset to its ImageNet weights) and ``heads`` on the
-    fold's cached maps; return the held-out photos' pooled features ``[N, V, D]`` through
-    the fine-tuned top (every evaluation view), for the same scoring as the frozen recipe."""
-    if pretrained_top is not None:
-        split.top.set_weights(pretrained_top)
-    evaluation_maps = features.evaluation_table.features
-    fine_tune_on_maps(
-        split,
-        backbone.model,
-        heads,
-        features.train_table.features[fit_rows],
-        y[fit_rows],
-        evaluation_maps[held_rows, 0],
-        y[held_rows],
-        num_classes,
-        options,
-        progress,
-    )
-    return pool_maps(split.top, evaluation_maps[held_rows], split.map_shape)
-
-
 def plot_cv(
     folds: list[FoldResult], summary: dict[str, float], labels: list[str], path: Path
 ) -> Path:
@@ -452,97 +357,3 @@ def plot_cv(
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
-
-
-def _print_summary(result: CrossValidationResult, console: Console) -> None:
-    s = result.summary
-    table = Table(
-        title=f"{len(result.folds)}-fold CV over {result.n_photos} photos "
-        f"({result.n_groups} near-duplicate groups) - run {result.run_id}"
-    )
-    table.add_column("metric")
-    table.add_column("mean +- std over folds", justify="right")
-    for name in SUMMARISED:
-        table.add_row(name, f"{s[f'cv_{name}_mean']:.4f} +- {s[f'cv_{name}_std']:.4f}")
-    for label in result.labels:
-        table.add_row(
-            f"F1 {label}", f"{s[f'cv_f1_{label}_mean']:.3f} +- {s[f'cv_f1_{label}_std']:.3f}"
-        )
-    table.add_row(
-        "out-of-fold, all photos",
-        f"macro-F1 {s['oof_macro_f1']:.4f}, ECE {s['oof_ece_before_scaling']:.4f} -> "
-        f"{s['oof_ece_after_scaling']:.4f}",
-    )
-    table.add_row(
-        "out-of-fold, top-1 kept by a turn or mirror",
-        f"worst of 7 transforms {100 * s['oof_dihedral_agreement_min']:.1f} %",
-    )
-    table.add_row("time (s)", f"{result.timings.get('total', 0):.1f}")
-    console.print(table)
-
-
-def cv_command(
-    config: DatasetConfigOption = None,
-    folds: Annotated[int, typer.Option(min=2, max=20, help="Number of folds.")] = DEFAULT_FOLDS,
-    epochs: EpochsOption = DEFAULT_EPOCHS,
-    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
-    learning_rate: LearningRateOption = DEFAULT_LEARNING_RATE,
-    backbone: BackboneOption = DEFAULT_BACKBONE,
-    image_size: ImageSizeOption = DEFAULT_IMAGE_SIZE,
-    views: ViewsOption = DEFAULT_VIEWS,
-    dihedral_views: DihedralViewsOption = DEFAULT_DIHEDRAL_VIEWS,
-    pooling: PoolingOption = DEFAULT_POOLING,
-    orientation: OrientationOption = DEFAULT_ORIENTATION,
-    hidden_units: HiddenUnitsOption = DEFAULT_HIDDEN_UNITS,
-    input_dropout: InputDropoutOption = DEFAULT_INPUT_DROPOUT,
-    dropout: DropoutOption = DEFAULT_DROPOUT,
-    label_smoothing: LabelSmoothingOption = DEFAULT_LABEL_SMOOTHING,
-    weight_decay: WeightDecayOption = DEFAULT_WEIGHT_DECAY,
-    heads: HeadsOption = DEFAULT_HEADS,
-    tta_views: TtaViewsOption = DEFAULT_TTA_VIEWS,
-    fine_tune_layers: FineTuneLayersOption = DEFAULT_FINE_TUNE_LAYERS,
-    fine_tune_epochs: FineTuneEpochsOption = DEFAULT_FINE_TUNE_EPOCHS,
-    seed: SeedOption = DEFAULT_SEED,
-    ood_pass_rate: OodPassRateOption = DEFAULT_OOD_PASS_RATE,
-    teacher_image_size: TeacherImageSizeOption = DEFAULT_TEACHER_IMAGE_SIZE,
-    teacher_backbone: TeacherBackboneOption = "",
-    distillation_weight: DistillationWeightOption = DEFAULT_DISTILLATION_WEIGHT,
-    distillation_temperature: DistillationTemperatureOption = DEFAULT_DISTILLATION_TEMPERATURE,
-    mixup_alpha: MixupAlphaOption = DEFAULT_MIXUP_ALPHA,
-) -> None:
-    """Cross-validate a training recipe (default: train's) over train + val, logged to MLflow."""
-    from skin_mlops.core.native_logs import filter_native_stderr
-
-    filter_native_stderr()
-    options = TrainingOptions(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        backbone=backbone,
-        backbone_options=backbone_build_options(pooling, orientation),
-        image_size=image_size,
-        views=views,
-        dihedral_views=dihedral_views,
-        hidden_units=hidden_units,
-        input_dropout=input_dropout,
-        dropout=dropout,
-        label_smoothing=label_smoothing,
-        weight_decay=weight_decay,
-        heads=heads,
-        tta_views=tta_views,
-        fine_tune_layers=fine_tune_layers,
-        fine_tune_epochs=fine_tune_epochs,
-        seed=seed,
-        ood_pass_rate=ood_pass_rate,
-        teacher_image_size=teacher_image_size,
-        teacher_backbone=teacher_backbone,
-        distillation_weight=distillation_weight,
-        distillation_temperature=distillation_temperature,
-        mixup_alpha=mixup_alpha,
-    )
-    settings = get_settings()
-    console = Console()
-    result = cross_validate(
-        config or settings.dataset_config, settings=settings, options=options, folds=folds
-    )
-    _print_summary(result, console)

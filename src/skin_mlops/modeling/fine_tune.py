@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from skin_mlops.modeling.backbones import Backbone
     from skin_mlops.modeling.options import TrainingOptions
+    from skin_mlops.modeling.stages import FrozenFeatures
 
 
 def render_images(
@@ -246,3 +247,37 @@ def fine_tune_on_maps(
 
 
 # --- the stage ------------------------------------------------------------------------------
+
+
+def fine_tune_fold(
+    split: BackboneSplit,
+    pretrained_top: list[np.ndarray] | None,
+    backbone: Backbone,
+    heads: list[keras.Model],
+    features: FrozenFeatures,
+    fit_rows: np.ndarray,
+    held_rows: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    options: TrainingOptions,
+    progress: Progress,
+) -> np.ndarray:
+    """Fine-tune the backbone's top (reset to its ImageNet weights) and ``heads`` on the
+    fold's cached maps; return the held-out photos' pooled features ``[N, V, D]`` through
+    the fine-tuned top (every evaluation view), for the same scoring as the frozen recipe."""
+    if pretrained_top is not None:
+        split.top.set_weights(pretrained_top)
+    evaluation_maps = features.evaluation_table.features
+    fine_tune_on_maps(
+        split,
+        backbone.model,
+        heads,
+        features.train_table.features[fit_rows],
+        y[fit_rows],
+        evaluation_maps[held_rows, 0],
+        y[held_rows],
+        num_classes,
+        options,
+        progress,
+    )
+    return pool_maps(split.top, evaluation_maps[held_rows], split.map_shape)
