@@ -46,6 +46,7 @@ LEVERS: dict[str, list[str]] = {
     # fine-tuning Lite0's block 7a + head conv per fold on cached block-6d maps (with the
     # multi pooling's stage 4/5 averages riding along), BatchNorm frozen, lr / 10
     "fine-tune-8": ["--fine-tune-layers", "8"],
+    "fine-tune-8-lr1": ["--fine-tune-layers", "8", "--fine-tune-lr-factor", "1"],
     # the head's own hyper-parameters (default: MLP-512, dropout 0.2 in / 0.5 hidden,
     # weight decay 1e-4, label smoothing 0.1)
     "linear-head": ["--hidden-units", "0"],

@@ -667,6 +667,7 @@ def test_cli_train_help_lists_the_options(tmp_path) -> None:
         ("--weight-decay", "-1", "--weight-decay must be >= 0"),
         ("--dropout", "1.5", "--dropout must be in [0, 1)"),
         ("--hidden-units", "-4", "--hidden-units must be >= 0"),
+        ("--fine-tune-lr-factor", "0", "--fine-tune-lr-factor must be in (0, 10]"),
     ],
 )
 def test_cli_head_options_are_checked_in_one_line(
@@ -707,8 +708,10 @@ def test_options_round_trip_through_mlflow_params() -> None:
         hidden_units=0,
         backbone_options=(("pooling", "avg+mid"),),
         fine_tune_layers=4,
+        fine_tune_lr_factor=0.5,
     )
     params = {k: str(v) for k, v in options.params().items() if v is not None}
+    assert float(params["fine_tune_learning_rate"]) == pytest.approx(1.5e-4)
     assert TrainingOptions.from_params(params) == options
 
 

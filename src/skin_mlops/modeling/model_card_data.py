@@ -47,6 +47,7 @@ RECIPE_PARAMS = (
     "mixup_alpha",  # absent (None) in a run without mixup
     "fine_tune_layers",
     "fine_tune_epochs",  # absent (None) in a run without fine-tuning
+    "fine_tune_lr_factor",  # absent (None) in a run without fine-tuning
 )
 
 

@@ -46,7 +46,7 @@ DEFAULT_DISTILLATION_WEIGHT = 0.5
 DEFAULT_DISTILLATION_TEMPERATURE = 2.0
 DEFAULT_MIXUP_ALPHA = 0.0  # 0 = off; e.g. 0.4 mixes pairs of cached feature vectors
 MAX_MIXUP_ALPHA = 4.0
-FINE_TUNE_LR_FACTOR = 0.1
+DEFAULT_FINE_TUNE_LR_FACTOR = 0.1  # fine-tuning runs at a tenth of --learning-rate
 
 
 def backbone_build_options(
@@ -90,6 +90,7 @@ class TrainingOptions:
     tta_views: int = DEFAULT_TTA_VIEWS
     fine_tune_layers: int = DEFAULT_FINE_TUNE_LAYERS
     fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS
+    fine_tune_lr_factor: float = DEFAULT_FINE_TUNE_LR_FACTOR
     seed: int = DEFAULT_SEED
     # keep val photos whose bytes are also training photos (default: excluded, counted)
     keep_leaked_val: bool = False
@@ -133,6 +134,10 @@ class TrainingOptions:
             (
                 self.fine_tune_epochs >= 1,
                 f"--fine-tune-epochs must be >= 1 (got {self.fine_tune_epochs})",
+            ),
+            (
+                0 < self.fine_tune_lr_factor <= 10,
+                f"--fine-tune-lr-factor must be in (0, 10] (got {self.fine_tune_lr_factor})",
             ),
             (
                 0.5 <= self.ood_pass_rate < 1,
@@ -195,7 +200,7 @@ class TrainingOptions:
     @property
     def fine_tune_learning_rate(self) -> float:
         """The fine-tuning stage's (lower) learning rate."""
-        return self.learning_rate * FINE_TUNE_LR_FACTOR
+        return self.learning_rate * self.fine_tune_lr_factor
 
     def train_view_ids(self) -> list[str]:
         """The cached views of each training photo: the centre view and ``views - 1``
@@ -247,6 +252,7 @@ class TrainingOptions:
         )
         if not self.fine_tune_layers:
             params.pop("fine_tune_epochs")
+            params.pop("fine_tune_lr_factor")
         if self.distils:
             params["teacher_backbone"] = self.teacher_spec[0]
         else:

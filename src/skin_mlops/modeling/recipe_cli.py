@@ -42,6 +42,10 @@ FineTuneLayersOption = Annotated[
 FineTuneEpochsOption = Annotated[
     int, typer.Option(help="Fine-tuning epochs (with --fine-tune-layers).")
 ]
+FineTuneLrFactorOption = Annotated[
+    float,
+    typer.Option(help="Fine-tuning learning rate as a multiple of --learning-rate, in (0, 10]."),
+]
 ImageSizeOption = Annotated[int, typer.Option(help="Input side S in pixels.")]
 ViewsOption = Annotated[
     int, typer.Option(help="Cached views per training photo (1 = no augmentation).")
