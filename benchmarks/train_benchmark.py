@@ -71,10 +71,22 @@ def prepare_workdir(work: Path) -> Path:
         f"splits:\n  train: {SHARED / 'train'}\n  val: {SHARED / 'val'}\n"
         "labels:\n"
         + "".join(f"  - {label}\n" for label in LABELS)
-        + "metadata_db: data/metadata/skin_metadata.db\n",
+        + "metadata_db: data/metadata/skin_metadata.db\n"
+        + repo_dataset_notes(),
         encoding="utf-8",
     )
     return config
+
+
+def repo_dataset_notes() -> str:
+    """The repo config's ``description`` and ``known_flaws`` as YAML, so that the model
+    card of a benchmark-trained model states the data's flaws as a checkout's would."""
+    import yaml
+
+    repo_config = Path(__file__).resolve().parents[1] / "configs" / "dataset_config.yaml"
+    loaded = yaml.safe_load(repo_config.read_text(encoding="utf-8"))
+    notes = {key: loaded[key] for key in ("description", "known_flaws") if key in loaded}
+    return yaml.safe_dump(notes, sort_keys=False, width=88) if notes else ""
 
 
 def clean_env() -> dict[str, str]:
