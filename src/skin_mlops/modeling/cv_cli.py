@@ -48,8 +48,6 @@ from skin_mlops.modeling.options import (
     DEFAULT_TTA_VIEWS,
     DEFAULT_VIEWS,
     DEFAULT_WEIGHT_DECAY,
-    TrainingOptions,
-    backbone_build_options,
 )
 from skin_mlops.modeling.recipe_cli import (
     BackboneOption,
@@ -78,6 +76,7 @@ from skin_mlops.modeling.recipe_cli import (
     TtaViewsOption,
     ViewsOption,
     WeightDecayOption,
+    recipe_options,
 )
 
 
@@ -139,36 +138,10 @@ def cv_command(
     mixup_alpha: MixupAlphaOption = DEFAULT_MIXUP_ALPHA,
 ) -> None:
     """Cross-validate a training recipe (default: train's) over train + val, logged to MLflow."""
+    options = recipe_options(locals())  # first: only the flags are local yet
     from skin_mlops.core.native_logs import filter_native_stderr
 
     filter_native_stderr()
-    options = TrainingOptions(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        backbone=backbone,
-        backbone_options=backbone_build_options(pooling, orientation),
-        image_size=image_size,
-        views=views,
-        dihedral_views=dihedral_views,
-        hidden_units=hidden_units,
-        input_dropout=input_dropout,
-        dropout=dropout,
-        label_smoothing=label_smoothing,
-        weight_decay=weight_decay,
-        heads=heads,
-        tta_views=tta_views,
-        fine_tune_layers=fine_tune_layers,
-        fine_tune_epochs=fine_tune_epochs,
-        fine_tune_lr_factor=fine_tune_lr_factor,
-        seed=seed,
-        ood_pass_rate=ood_pass_rate,
-        teacher_image_size=teacher_image_size,
-        teacher_backbone=teacher_backbone,
-        distillation_weight=distillation_weight,
-        distillation_temperature=distillation_temperature,
-        mixup_alpha=mixup_alpha,
-    )
     settings = get_settings()
     console = Console()
     result = cross_validate(

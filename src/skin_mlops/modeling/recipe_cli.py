@@ -8,9 +8,13 @@ before it is trained: ``skin-mlops cv --backbone efficientnet_lite2`` scores exa
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Annotated, Any
 
 import typer
+
+from skin_mlops.modeling.options import TrainingOptions, backbone_build_options
 
 EpochsOption = Annotated[int, typer.Option(help="Head training epochs.")]
 BatchSizeOption = Annotated[int, typer.Option(help="Batch size.")]
@@ -114,3 +118,19 @@ MixupAlphaOption = Annotated[
         "Beta(alpha, alpha), the own photo's share kept >= 1/2. 0 = off."
     ),
 ]
+
+
+def recipe_options(flags: Mapping[str, Any]) -> TrainingOptions:
+    """The :class:`TrainingOptions` of a command's recipe flags (its ``locals()``): every
+    flag named like a field, and ``pooling`` / ``orientation`` as ``backbone_options``;
+    a field the command has no flag for keeps its default.
+
+    Raises:
+        ConfigError: a value out of range (one line, from ``TrainingOptions``).
+    """
+    names = {item.name for item in fields(TrainingOptions)}
+    given = {name: value for name, value in flags.items() if name in names}
+    return TrainingOptions(
+        **given,
+        backbone_options=backbone_build_options(flags["pooling"], flags["orientation"]),
+    )

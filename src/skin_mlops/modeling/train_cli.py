@@ -41,8 +41,6 @@ from skin_mlops.modeling.options import (
     DEFAULT_TTA_VIEWS,
     DEFAULT_VIEWS,
     DEFAULT_WEIGHT_DECAY,
-    TrainingOptions,
-    backbone_build_options,
 )
 from skin_mlops.modeling.recipe_cli import (
     BackboneOption,
@@ -71,6 +69,7 @@ from skin_mlops.modeling.recipe_cli import (
     TtaViewsOption,
     ViewsOption,
     WeightDecayOption,
+    recipe_options,
 )
 from skin_mlops.modeling.train import TrainingResult, run_training
 
@@ -170,37 +169,10 @@ def train_command(
     ] = None,
 ) -> None:
     """Train the classifier on the ingested images; log to MLflow; export and publish."""
+    options = recipe_options(locals())  # first: only the flags are local yet
     from skin_mlops.core.native_logs import filter_native_stderr
 
     filter_native_stderr()  # TensorFlow's unconditional C++ start-up lines (see module)
-    options = TrainingOptions(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        backbone=backbone,
-        backbone_options=backbone_build_options(pooling, orientation),
-        image_size=image_size,
-        views=views,
-        dihedral_views=dihedral_views,
-        hidden_units=hidden_units,
-        input_dropout=input_dropout,
-        dropout=dropout,
-        label_smoothing=label_smoothing,
-        weight_decay=weight_decay,
-        heads=heads,
-        tta_views=tta_views,
-        fine_tune_layers=fine_tune_layers,
-        fine_tune_epochs=fine_tune_epochs,
-        fine_tune_lr_factor=fine_tune_lr_factor,
-        seed=seed,
-        keep_leaked_val=keep_leaked_val,
-        ood_pass_rate=ood_pass_rate,
-        teacher_image_size=teacher_image_size,
-        teacher_backbone=teacher_backbone,
-        distillation_weight=distillation_weight,
-        distillation_temperature=distillation_temperature,
-        mixup_alpha=mixup_alpha,
-    )
     if int8:
         from skin_mlops.modeling.quantize import check_method
 
